@@ -1,0 +1,172 @@
+"""The ``fae`` command line: a thin layer over the library that turns bad input into one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fae import __version__
+from fae.errors import FaeInputError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fae`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except FaeInputError as err:
+        print(f"fae: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fae: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fae",
+        description="Unsupervised anomaly localisation in brain MRI (Feature Autoencoders).",
+    )
+    parser.add_argument("--version", action="version", version=f"fae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="find, inspect and prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("inspect", help="say what a dataset folder or datalist holds")
+    p.add_argument("path", type=Path)
+    _add_channels(p)
+    p.add_argument("--summary", action="store_true", help="omit the per-scan table")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the per-scan rows as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = data_sub.add_parser("prepare", help="prepare (and cache) 128x128 slices as the paper does")
+    p.add_argument("path", type=Path)
+    _add_prep_options(p)
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("make-synthetic", help="write synthetic brains with known anomalies")
+    p.add_argument("out", type=Path)
+    p.add_argument("--subjects", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--modalities", default="t1,t2,flair", help="comma-separated (default: %(default)s)"
+    )
+    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.set_defaults(func=_cmd_make_synthetic)
+
+    p = sub.add_parser("demo", help="synthetic data → slices → baseline → metrics and figures")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--subjects", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _add_channels(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--channels",
+        help="names of the channels of 2D slice images, e.g. t1,flair,t1ce for the LGG TIFFs",
+    )
+
+
+def _add_prep_options(p: argparse.ArgumentParser) -> None:
+    _add_channels(p)
+    p.add_argument("--modality", required=True, help="which image of each subject, e.g. flair")
+    p.add_argument("--size", type=int, default=128, help="slice side length (default: 128)")
+    p.add_argument(
+        "--slices",
+        default="brain",
+        help="'brain' (slices containing brain, default) or START:STOP axial indices",
+    )
+    p.add_argument("--normalize", choices=["equalize", "minmax"], default="equalize")
+    p.add_argument("--square", choices=["crop", "pad"], default="crop")
+    p.add_argument(
+        "--cache-dir", type=Path, help="slice cache (default: $FAE_CACHE_DIR or ~/.cache/fae)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="prepare again and do not write a cache")
+
+
+def prep_config_from_args(args: argparse.Namespace):
+    """The :class:`~fae.data.preprocess.PrepConfig` described by the command-line options."""
+    from fae.data.preprocess import PrepConfig
+
+    slices: str | tuple[int, int] = "brain"
+    if args.slices != "brain":
+        try:
+            start, stop = (int(v) for v in args.slices.split(":"))
+        except ValueError:
+            raise FaeInputError(
+                None, f"--slices must be 'brain' or START:STOP, got {args.slices!r}"
+            ) from None
+        slices = (start, stop)
+    return PrepConfig(size=args.size, slices=slices, square=args.square, normalize=args.normalize)
+
+
+def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
+    from fae.data.cache import default_cache_dir
+
+    return None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+
+def _channels(args: argparse.Namespace) -> list[str] | None:
+    return [c.strip() for c in args.channels.split(",")] if args.channels else None
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from fae.data.discover import discover
+    from fae.data.inspect import format_report, inspect_dataset
+    from fae.io import atomic_path
+
+    dataset = discover(args.path, _channels(args))
+    rows = inspect_dataset(dataset)
+    print(format_report(dataset, rows, per_subject=not args.summary))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps([r.to_dict() for r in rows], indent=1))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from fae.data.discover import discover
+    from fae.data.slices import prepare_dataset
+
+    dataset = discover(args.path, _channels(args))
+    config = prep_config_from_args(args)
+    cache_dir = cache_dir_from_args(args)
+    slices = prepare_dataset(dataset, args.modality, config, cache_dir)
+    n_lesion = int(slices.slice_labels.sum())
+    print(
+        f"{len(slices.subject_ids)} subjects, {len(slices)} slices of {config.size}x{config.size} "
+        f"({n_lesion} with lesion, {len(slices) - n_lesion} lesion-free)"
+    )
+    if cache_dir is not None:
+        print(f"cached in {cache_dir / ('prep-' + config.key())}")
+    return 0
+
+
+def _cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from fae.data.synthetic import make_synthetic
+
+    if args.subjects < 1:
+        raise FaeInputError(None, f"--subjects must be at least 1, got {args.subjects}")
+    modalities = [m.strip().lower() for m in args.modalities.split(",") if m.strip()]
+    out = make_synthetic(
+        args.out,
+        args.subjects,
+        seed=args.seed,
+        modalities=modalities,
+        test_fraction=args.test_fraction,
+    )
+    print(f"wrote {args.subjects} subjects to {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fae.demo import run_demo
+
+    run_demo(args.out, n_subjects=args.subjects, seed=args.seed)
+    return 0

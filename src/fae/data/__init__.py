@@ -1,0 +1,1 @@
+"""Data: reading volumes, finding datasets, preparing slices, synthetic brains."""

@@ -1,0 +1,1 @@
+"""Anomaly-localisation methods that share the data pipeline and the evaluation."""

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny volumes and datasets written into tmp_path, and the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(
+    os.environ.get("FAE_SHARED_DATA", Path(__file__).parents[1] / ".." / "shared" / "data")
+)
+
+
+def head(shape=(40, 48, 12), seed=0, lesion=True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A toy skull-stripped head: ellipsoid brain with two tissues, noise and a bright lesion."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    brain = (x / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 1.2) ** 2 < 1
+    image = np.where(
+        brain, 0.5 + 0.2 * ((x**2 + y**2) < 0.2) + 0.02 * rng.standard_normal(shape), 0
+    )
+    seg = np.zeros(shape, np.uint8)
+    if lesion:
+        seg[((x - 0.3) ** 2 + (y - 0.2) ** 2 + z**2) < 0.04] = 1
+        image = np.where(seg > 0, image + 0.3, image)
+    return image.astype(np.float32), seg, brain.astype(np.uint8)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
+    return path
+
+
+@pytest.fixture
+def flat_dataset(tmp_path: Path) -> Path:
+    """Layout 1: four subjects with flair, t1 and seg; two with brain masks."""
+    root = tmp_path / "flat"
+    for i in range(4):
+        image, seg, brain = head(seed=i, lesion=i % 2 == 0)
+        write_nifti(root / f"sub{i:02d}_flair.nii.gz", image)
+        write_nifti(root / f"sub{i:02d}_t1.nii.gz", 1 - image * brain)
+        write_nifti(root / f"sub{i:02d}_seg.nii.gz", seg)
+        if i < 2:
+            write_nifti(root / f"sub{i:02d}_brainmask.nii.gz", brain)
+    return root
+
+
+def shared_data(name: str) -> Path:
+    """Path of a real-data folder in ../shared/data; skips the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} not available")
+    return path

@@ -1,0 +1,53 @@
+import numpy as np
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fae.data.slices import SliceSet
+from fae.evaluation import best_and_worst_slices, evaluate_maps, top_fraction_scores
+from fae.methods.threshold import ThresholdBaseline
+from fae.viz import save_slice_figure
+
+
+def toy_slices(n=6, size=16, seed=0) -> SliceSet:
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (n, size, size)).astype(np.float32)
+    masks = np.zeros((n, size, size), bool)
+    masks[:, 2:-2, 2:-2] = True
+    segs = np.zeros_like(masks)
+    segs[1, 5:9, 5:9] = segs[3, 4:10, 6:8] = segs[4, 6:8, 6:8] = True
+    images = np.where(masks, images, 0)
+    return SliceSet(images, segs, masks, np.array([0, 0, 0, 1, 1, 1]), np.arange(n) % 3, ("a", "b"))
+
+
+def test_evaluate_maps_agrees_with_sklearn_inside_the_brain():
+    s = toy_slices()
+    maps = ThresholdBaseline().fit(s.images).predict(s.images, s.masks) + 0.5 * s.segs
+    summary, per_subject = evaluate_maps(s, maps)
+    ap = average_precision_score(s.segs[s.masks], maps[s.masks])
+    assert abs(summary["pixel_ap"] - ap) < 1e-3  # streaming bins: relative 2^-12
+    scores = top_fraction_scores(maps, s.masks)
+    assert summary["slice_auroc"] == roc_auc_score(s.slice_labels, scores)
+    assert summary["n_pixels"] == s.masks.sum() and summary["n_lesion_pixels"] == s.segs.sum()
+    assert [r["subject"] for r in per_subject] == ["a", "b"]
+    assert [r["lesion_slices"] for r in per_subject] == [1, 2]
+
+
+def test_top_fraction_score_is_mean_of_top_ten_percent():
+    maps = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
+    masks = np.ones_like(maps, bool)
+    assert top_fraction_scores(maps, masks)[0] == np.mean(np.arange(90, 100))
+    assert top_fraction_scores(maps, masks, fraction=0)[0] == 99
+    assert top_fraction_scores(maps, np.zeros_like(masks))[0] == 0
+
+
+def test_best_and_worst_and_figure(tmp_path):
+    s = toy_slices()
+    maps = s.segs.astype(np.float32)
+    maps[4] = 0  # slice 4's lesion is missed
+    best, worst = best_and_worst_slices(s, maps, threshold=0.5, n=1, min_pixels=1)
+    assert best[0] in (1, 3) and worst[0] == 4
+    path = save_slice_figure(
+        s.images[[1, 4]], s.segs[[1, 4]], maps[[1, 4]], tmp_path / "f.png", ["b", "w"]
+    )
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 100

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+import fae.data.slices as slices_module
+from fae.data.discover import discover
+from fae.data.preprocess import PrepConfig
+from fae.data.slices import prepare_dataset, split_subjects
+
+
+def test_prepare_dataset_stacks_subjects(flat_dataset):
+    ds = discover(flat_dataset)
+    s = prepare_dataset(ds, "flair", PrepConfig(size=16), progress=False)
+    assert s.subject_ids == ("sub00", "sub01", "sub02", "sub03")
+    assert s.images.shape[1:] == (16, 16) and len(s) == len(s.segs) == len(s.subject)
+    assert set(np.unique(s.subject)) == {0, 1, 2, 3}
+    healthy = s.lesion_free()
+    assert len(healthy) < len(s) and not healthy.segs.any()
+    one = s.subjects(["sub02"])
+    assert set(np.unique(one.subject)) == {2}
+    assert [sid for sid, _ in s.per_subject()] == list(s.subject_ids)
+
+
+def test_cache_is_reused_and_keyed_by_settings(flat_dataset, tmp_path, monkeypatch):
+    ds = discover(flat_dataset)
+    cache = tmp_path / "cache"
+    first = prepare_dataset(ds, "flair", PrepConfig(size=16), cache, progress=False)
+    calls = []
+    real = slices_module.prepare_volume
+    monkeypatch.setattr(
+        slices_module, "prepare_volume", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    again = prepare_dataset(ds, "flair", PrepConfig(size=16), cache, progress=False)
+    assert calls == [], "second run must load from the cache"
+    np.testing.assert_array_equal(first.images, again.images)
+    np.testing.assert_array_equal(first.segs, again.segs)
+    prepare_dataset(ds, "flair", PrepConfig(size=24), cache, progress=False)
+    assert len(calls) == 4, "other settings must not hit the cache"
+    assert len(list(cache.glob("prep-*"))) == 2
+
+
+def test_split_is_by_subject_and_deterministic(flat_dataset):
+    ds = discover(flat_dataset)
+    a = split_subjects(ds, test_fraction=0.5, val_fraction=0.25, seed=3)
+    assert a == split_subjects(ds, test_fraction=0.5, val_fraction=0.25, seed=3)
+    ids = a["train"] + a["val"] + a["test"]
+    assert sorted(ids) == [s.id for s in ds.subjects]
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (1, 1, 2)
+
+
+def test_missing_modality_is_a_clear_error(flat_dataset):
+    from fae.errors import FaeInputError
+
+    with pytest.raises(FaeInputError, match="no 't2' images"):
+        prepare_dataset(discover(flat_dataset), "t2", progress=False)
