@@ -58,10 +58,60 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.5)
     p.set_defaults(func=_cmd_make_synthetic)
 
-    p = sub.add_parser("demo", help="synthetic data → slices → baseline → metrics and figures")
+    p = sub.add_parser("train", help="train a Feature-Autoencoder on healthy slices")
+    p.add_argument("--data", type=Path, help="dataset folder or datalist")
+    p.add_argument("--out", type=Path, help="run folder to create")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run")
+    p.add_argument("--config", type=Path, help="TOML/YAML/JSON file of settings; flags override it")
+    p.add_argument("--modality", help="which image of each subject (default: the only one)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--backbone", choices=["resnet18", "efficientnet-lite0"])
+    p.add_argument("--layers", help="comma-separated extractor layers (default: the paper's)")
+    p.add_argument("--weights", type=Path, metavar="FILE", help="extractor weights (a state dict)")
+    p.add_argument(
+        "--no-pretrained", action="store_true", help="random extractor weights (ablation)"
+    )
+    p.add_argument(
+        "--train-batchnorm",
+        action="store_true",
+        default=None,
+        help="extractor BatchNorm in train mode, as the paper's code",
+    )
+    p.add_argument("--slice-score", choices=["top10", "max"])
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.5,
+        help="share of subjects held out for testing (without a datalist split)",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument(
+        "--all-train-slices", action="store_true", help="also train on slices with lesions"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    _add_prep_options(p, modality=False)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, per-subject table and figure of a trained run")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--subjects", choices=["auto", "test", "all"], default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="synthetic brains → FAE training → maps → metrics, figures")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--subjects", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: 150)")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -73,9 +123,10 @@ def _add_channels(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_prep_options(p: argparse.ArgumentParser) -> None:
+def _add_prep_options(p: argparse.ArgumentParser, modality: bool = True) -> None:
     _add_channels(p)
-    p.add_argument("--modality", required=True, help="which image of each subject, e.g. flair")
+    if modality:
+        p.add_argument("--modality", required=True, help="which image of each subject, e.g. flair")
     p.add_argument("--size", type=int, default=128, help="slice side length (default: 128)")
     p.add_argument(
         "--slices",
@@ -168,5 +219,90 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fae.demo import run_demo
 
-    run_demo(args.out, n_subjects=args.subjects, seed=args.seed)
+    try:
+        run_demo(args.out, n_subjects=args.subjects, seed=args.seed, steps=args.steps)
+    except KeyboardInterrupt:
+        print("fae: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _model_params(args: argparse.Namespace) -> dict:
+    """Settings from --config, overridden by the flags given on the command line."""
+    from fae.config import read_config_file
+
+    params = read_config_file(args.config) if args.config else {}
+    flags = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "backbone": args.backbone,
+        "layers": args.layers.split(",") if args.layers else None,
+        "train_batchnorm": args.train_batchnorm,
+        "slice_score": args.slice_score,
+        "checkpoint_every": args.checkpoint_every,
+    }
+    params.update({k: v for k, v in flags.items() if v is not None})
+    if args.weights and args.no_pretrained:
+        raise FaeInputError(None, "--weights and --no-pretrained exclude each other")
+    if args.weights:
+        params["weights"] = str(args.weights)
+    if args.no_pretrained:
+        params["weights"] = None
+    return params
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fae.workflow import resume_run, train_run
+
+    run = args.resume or args.out
+    if run is None or (args.resume is None and args.data is None):
+        raise FaeInputError(None, "fae train needs --data and --out (or --resume RUN)")
+    try:
+        if args.resume:
+            estimator = resume_run(args.resume, cache_dir_from_args(args))
+        else:
+            modality = args.modality or _only_modality(args.data, _channels(args))
+            estimator = train_run(
+                args.data,
+                args.out,
+                modality,
+                _model_params(args),
+                prep_config_from_args(args),
+                _channels(args),
+                args.test_fraction,
+                args.val_fraction,
+                args.split_seed,
+                not args.all_train_slices,
+                cache_dir_from_args(args),
+                args.device,
+            )
+    except KeyboardInterrupt:
+        print(f"fae: interrupted; continue with: fae train --resume {run}", file=sys.stderr)
+        return 130
+    print(f"run {run}: trained {estimator.step_} steps; checkpoint {run / 'checkpoint.pt'}")
+    return 0
+
+
+def _only_modality(data: Path, channels: list[str] | None) -> str:
+    from fae.data.discover import discover
+
+    modalities = discover(data, channels).modalities
+    if len(modalities) != 1:
+        raise FaeInputError(
+            data, f"several modalities ({', '.join(modalities)}): choose one with --modality"
+        )
+    return modalities[0]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fae.workflow import evaluate_run
+
+    summary = evaluate_run(
+        args.run, args.data, args.out, args.subjects, cache_dir_from_args(args), args.device
+    )
+    for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap"):
+        print(f"{key:<12} {summary[key]:.4f}")
+    print(f"{summary['n_subjects']} subjects, {summary['n_slices']} slices; wrote {args.out}")
     return 0

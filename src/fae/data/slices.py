@@ -36,7 +36,7 @@ class SliceSet:
     @property
     def slice_labels(self) -> np.ndarray:
         """(N,) bool: the slice contains lesion pixels."""
-        return self.segs.reshape(len(self), -1).any(axis=1)
+        return self.segs.any(axis=(1, 2))
 
     def take(self, keep: np.ndarray) -> SliceSet:
         """The slices where the boolean ``keep`` is True (subjects list unchanged)."""
@@ -133,6 +133,8 @@ def split_subjects(
 
     A datalist's own ``split`` column wins where given; other subjects are shuffled with
     ``seed`` and divided by the fractions (at least one test subject when there are two or more).
+    Without validation subjects, ``val_fraction`` of the training subjects (at least one) are
+    held out: a run needs healthy validation slices for its loss and threshold calibration.
     """
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     free = []
@@ -147,6 +149,10 @@ def split_subjects(
     splits["test"] += free[:n_test]
     splits["val"] += free[n_test : n_test + n_val]
     splits["train"] += free[n_test + n_val :]
+    if not splits["val"] and val_fraction > 0 and len(splits["train"]) >= 2:
+        n_val = max(1, round(len(splits["train"]) * val_fraction))
+        splits["val"] = splits["train"][-n_val:]
+        splits["train"] = splits["train"][:-n_val]
     return splits
 
 

@@ -1,0 +1,98 @@
+"""Hyper-parameters of a Feature-Autoencoder run, with the paper's defaults.
+
+A config can come from a TOML or YAML file (``--config``); command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from fae.errors import FaeInputError
+from fae.nn.autoencoder import DEFAULT_HIDDEN
+
+SLICE_SCORES = ("top10", "max")
+
+
+@dataclass
+class FAEConfig:
+    """Everything that defines a model and its training (paper defaults).
+
+    weights: ``"imagenet"`` (pretrained), a path to a state-dict file, or ``None`` (random
+    initialisation: the paper's "untrained ResNet" ablation).
+    train_batchnorm: leave the extractor's BatchNorm in training mode while training, as the
+    paper's code does (features then depend on the batch and cannot be cached).
+    slice_score: ``"top10"`` (mean of the top 10 % of map values in the brain, the paper) or
+    ``"max"`` (the 2023 benchmark).
+    """
+
+    backbone: str = "resnet18"
+    layers: list[str] | None = None
+    weights: str | None = "imagenet"
+    train_batchnorm: bool = False
+    hidden: list[int] = field(default_factory=lambda: list(DEFAULT_HIDDEN))
+    dropout: float = 0.1
+    ssim_window: int = 5
+    ssim_sigma: float = 1.5
+    lr: float = 2e-4
+    batch_size: int = 32
+    steps: int = 10_000
+    seed: int = 0
+    slice_score: str = "top10"
+    checkpoint_every: int = 500
+    val_every: int = 250
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps must be at least 1": self.steps < 1,
+            "batch_size must be at least 1": self.batch_size < 1,
+            "lr must be positive": self.lr <= 0,
+            "dropout must be in [0, 1)": not 0 <= self.dropout < 1,
+            f"slice_score must be one of {SLICE_SCORES}": self.slice_score not in SLICE_SCORES,
+            "checkpoint_every, val_every and log_every must be at least 1": min(
+                self.checkpoint_every, self.val_every, self.log_every
+            )
+            < 1,
+            "ssim_window must be odd": self.ssim_window % 2 == 0,
+        }
+        for problem, failed in checks.items():
+            if failed:
+                raise FaeInputError(None, problem)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path | None = None) -> FAEConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise FaeInputError(source, f"unknown setting(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+def read_config_file(path: Path) -> dict:
+    """Settings from a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file, as a flat dict."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise FaeInputError(path, f"cannot read config ({err.strerror or err})") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise FaeInputError(path, "config must be .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
+        raise FaeInputError(path, f"invalid config ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise FaeInputError(path, "config must be a table/mapping of settings")
+    return data

@@ -1,0 +1,1 @@
+"""Neural-network building blocks: SSIM, feature extractors, the feature autoencoder."""

@@ -1,0 +1,67 @@
+"""The Structural Feature-Autoencoder as a pure ``nn.Module``: features → reconstruction → map.
+
+Training loops, checkpoints and data live elsewhere (:mod:`fae.train`, :mod:`fae.model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fae.nn.autoencoder import DEFAULT_HIDDEN, FeatureAutoencoder
+from fae.nn.backbones import FeatureExtractor
+from fae.nn.ssim import ssim_map
+
+
+class StructuralFAE(nn.Module):
+    """Frozen CNN features of a slice, reconstructed by a convolutional autoencoder.
+
+    Shapes for a 128×128 input with the default ResNet-18 layers:
+    slice (N, 1, 128, 128) → features (N, 256, 32, 32) → reconstruction (N, 256, 32, 32)
+    → anomaly map (N, 1, 128, 128), where map = 1 − SSIM averaged over feature channels.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: Sequence[str] | None = None,
+        weights: str | Path | None = "imagenet",
+        train_batchnorm: bool = False,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = 0.1,
+        ssim_window: int = 5,
+        ssim_sigma: float = 1.5,
+    ) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor(backbone, layers, weights, train_batchnorm)
+        self.autoencoder = FeatureAutoencoder(self.extractor.out_channels, hidden, dropout)
+        self.ssim_window = ssim_window
+        self.ssim_sigma = ssim_sigma
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) slices in [0, 1] → (N, C, H/4, W/4) frozen features."""
+        with torch.no_grad():
+            return self.extractor(x)
+
+    def reconstruct(self, features: Tensor) -> Tensor:
+        return self.autoencoder(features)
+
+    def loss(self, features: Tensor) -> Tensor:
+        """1 − mean SSIM between features and their reconstruction (the training objective)."""
+        return 1 - self._ssim(self.reconstruct(features), features).mean()
+
+    def feature_map(self, features: Tensor) -> Tensor:
+        """(N, C, h, w) features → (N, 1, h, w) structural dissimilarity, mean over channels."""
+        return 1 - self._ssim(self.reconstruct(features), features).mean(dim=1, keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) slices → (N, 1, H, W) anomaly maps (bilinear, align_corners=True)."""
+        small = self.feature_map(self.features(x))
+        return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+    def _ssim(self, a: Tensor, b: Tensor) -> Tensor:
+        return ssim_map(a, b, self.ssim_window, self.ssim_sigma)

@@ -1,0 +1,198 @@
+"""The training loop: Adam on the SSIM loss, with exact resume and periodic checkpoints.
+
+Frozen features are computed once and reused when the extractor's BatchNorm is frozen (then
+they are a pure function of the slice); with ``train_batchnorm`` they are recomputed per batch.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fae.config import FAEConfig
+from fae.nn.fae import StructuralFAE
+
+
+class EpochSampler:
+    """Batches of indices from a fresh random permutation each epoch, with saveable state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.generator)
+        self.cursor = 0
+
+    def next(self) -> Tensor:
+        if self.cursor + self.batch_size > self.n:  # drop the last incomplete batch, like drop_last
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.cursor = 0
+        batch = self.perm[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.cursor = state["perm"], int(state["cursor"])
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs to continue training exactly where it stopped."""
+
+    step: int
+    optimizer: torch.optim.Optimizer
+    sampler: EpochSampler
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+
+@torch.no_grad()
+def compute_features(
+    model: StructuralFAE, images: Tensor, device: torch.device, desc: str
+) -> Tensor:
+    """Frozen features of (N, 1, H, W) images, in eval mode, kept on ``device`` when it is a GPU."""
+    model.extractor.eval()
+    out = []
+    for start in tqdm(range(0, len(images), 64), desc=desc, unit="batch", leave=False):
+        out.append(model.features(images[start : start + 64].to(device)))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def validation_loss(model: StructuralFAE, features: Tensor, device: torch.device) -> float:
+    """Mean SSIM loss over validation features, in eval mode."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(features), 64):
+        batch = features[start : start + 64].to(device)
+        total += float(model.loss(batch)) * len(batch)
+    return total / max(len(features), 1)
+
+
+def train(
+    model: StructuralFAE,
+    config: FAEConfig,
+    train_images: Tensor,
+    val_images: Tensor | None,
+    device: torch.device,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Train ``model.autoencoder`` for ``config.steps`` steps on (N, 1, H, W) healthy slices.
+
+    ``resume`` is a saved :meth:`TrainState.state_dict` (the model weights already loaded):
+    training continues from its step with the same batches and dropout masks as an uninterrupted
+    run. Ctrl-C stops at the end of the current step, writes a checkpoint and raises
+    ``KeyboardInterrupt`` (a second Ctrl-C stops at once); a killed process resumes from its
+    last periodic checkpoint.
+    """
+    model.to(device)
+    optimizer = torch.optim.Adam(model.autoencoder.parameters(), lr=config.lr)
+    sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
+    state = TrainState(0, optimizer, sampler)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        state.step = int(resume["step"])
+    cached = (
+        None
+        if config.train_batchnorm
+        else compute_features(model, train_images, device, "features")
+    )
+    val_features = (
+        compute_features(model, val_images, device, "val features")
+        if val_images is not None and len(val_images)
+        else None
+    )
+    # The random state is restored last, after anything above that might draw from it.
+    if resume is not None:
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+    else:
+        torch.manual_seed(config.seed)
+
+    bar = tqdm(
+        total=config.steps, initial=state.step, desc="training", unit="step", disable=not progress
+    )
+    started, last_loss = time.perf_counter(), float("nan")
+    stop = _InterruptFlag()
+    try:
+        while state.step < config.steps:
+            if stop.raised:
+                if on_checkpoint is not None and state.step > 0:
+                    on_checkpoint(state)
+                raise KeyboardInterrupt
+            idx = sampler.next()
+            model.train()
+            if cached is not None:
+                features = cached[idx.to(cached.device)].to(device)
+            else:
+                features = model.features(train_images[idx].to(device))
+            loss = model.loss(features)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            last_loss = loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            step = state.step
+            val = None
+            if val_features is not None and (step % config.val_every == 0 or step == config.steps):
+                val = validation_loss(model, val_features, device)
+            if on_log is not None and (step % config.log_every == 0 or val is not None):
+                on_log(
+                    {
+                        "step": step,
+                        "loss": last_loss,
+                        "val_loss": val,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+            if on_checkpoint is not None and (
+                step % config.checkpoint_every == 0 or step == config.steps
+            ):
+                on_checkpoint(state)
+    finally:
+        stop.restore()
+        bar.close()
+    return state
+
+
+class _InterruptFlag:
+    """While alive, the first Ctrl-C only sets ``raised``; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,169 @@
+"""The command-line jobs as functions: train a run folder, evaluate it on labelled data.
+
+A run folder holds ``config.json`` (model, preprocessing, data, modality and the subject split),
+``train_log.csv`` and ``checkpoint.pt``; ``fae evaluate`` writes ``metrics.json``,
+``per_subject.csv`` and a figure of the best and worst slices.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fae.data.discover import Dataset, discover
+from fae.data.preprocess import PrepConfig
+from fae.data.slices import SliceSet, prepare_dataset, split_subjects
+from fae.errors import FaeInputError
+from fae.evaluation import best_and_worst_slices
+from fae.io import atomic_path
+from fae.model import FAE
+from fae.viz import save_slice_figure
+
+
+def train_run(
+    data: Path,
+    out: Path,
+    modality: str,
+    params: dict,
+    prep: PrepConfig = PrepConfig(),
+    channels: list[str] | None = None,
+    test_fraction: float = 0.5,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    lesion_free_only: bool = True,
+    cache_dir: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> FAE:
+    """Train a Feature-Autoencoder on the healthy slices of ``data``'s training subjects."""
+    if (out / "checkpoint.pt").exists():
+        raise FaeInputError(
+            out, "already holds a run: resume it with --resume, or choose a new --out"
+        )
+    estimator = FAE(prep=prep, device=device, progress=progress, **params)
+    estimator.build()  # fail fast (e.g. missing ImageNet weights) before preparing data
+    dataset = discover(data, channels)
+    splits = split_subjects(dataset, test_fraction, val_fraction, split_seed)
+    if not splits["train"]:
+        raise FaeInputError(data, "no training subjects after the split")
+    estimator.meta = {
+        "data": str(Path(data).resolve()),
+        "modality": modality,
+        "channels": channels,
+        "lesion_free_only": lesion_free_only,
+        "splits": splits,
+    }
+    train, val = _training_slices(dataset, estimator, cache_dir, progress)
+    return estimator.fit(train, val, run_dir=out)
+
+
+def resume_run(run: Path, cache_dir: Path | None = None, progress: bool = True) -> FAE:
+    """Continue the interrupted run in ``run`` with the data and split it was started with."""
+    estimator = FAE.load(run, progress=progress)
+    dataset = discover(Path(estimator.meta["data"]), estimator.meta.get("channels"))
+    train, val = _training_slices(dataset, estimator, cache_dir, progress)
+    return FAE.resume(run, train, val, progress=progress)
+
+
+def evaluate_run(
+    run: Path,
+    data: Path,
+    out: Path,
+    subjects: str = "auto",
+    cache_dir: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Evaluate a trained run on the labelled subjects of ``data``; returns the summary.
+
+    ``subjects``: ``"test"`` (the run's test split), ``"all"``, or ``"auto"`` (the run's test
+    split when ``data`` is the data it was trained on, else every subject).
+    """
+    estimator = FAE.load(run, device=device, progress=progress)
+    meta = estimator.meta
+    dataset = discover(data, meta.get("channels"))
+    ids = _evaluation_subjects(dataset, meta, subjects, data)
+    slices = prepare_dataset(dataset, meta["modality"], estimator.prep, cache_dir, ids, progress)
+    if not slices.segs.any():
+        raise FaeInputError(data, "the evaluated subjects have no lesion voxels to score against")
+    started = time.perf_counter()
+    maps = estimator.predict(slices)
+    seconds = time.perf_counter() - started
+    summary, per_subject = estimator.evaluate(slices, maps)
+    summary.update(
+        run=str(run),
+        data=str(data),
+        subjects=ids,
+        steps=estimator.step_,
+        predict_seconds=seconds,
+        slices_per_second=len(slices) / max(seconds, 1e-9),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    with atomic_path(out / "per_subject.csv") as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(per_subject[0]))
+        writer.writeheader()
+        writer.writerows(per_subject)
+    save_best_and_worst(
+        slices,
+        maps,
+        summary["threshold_at_fpr"],
+        out / "slices.png",
+        f"{run.name}: best and worst slices",
+    )
+    return summary
+
+
+def save_best_and_worst(
+    slices: SliceSet, maps: np.ndarray, threshold: float, path: Path, title: str
+) -> Path:
+    """A figure of the 3 best and 3 worst lesion slices (Dice at ``threshold``), one scale."""
+    best, worst = best_and_worst_slices(slices, maps, threshold)
+    rows = np.concatenate([best, worst])
+    names = [f"best {i + 1}" for i in range(len(best))] + [
+        f"worst {i + 1}" for i in range(len(worst))
+    ]
+    labels = [
+        f"{name}: {slices.subject_ids[slices.subject[r]]} z={slices.slice_index[r]}"
+        for name, r in zip(names, rows, strict=True)
+    ]
+    vmax = float(np.quantile(maps[slices.masks], 0.999)) if slices.masks.any() else 1.0
+    return save_slice_figure(
+        slices.images[rows], slices.segs[rows], maps[rows], path, labels, title, vmax
+    )
+
+
+def _training_slices(
+    dataset: Dataset, estimator: FAE, cache_dir: Path | None, progress: bool
+) -> tuple[SliceSet, SliceSet]:
+    meta = estimator.meta
+    splits = meta["splits"]
+    train = prepare_dataset(
+        dataset, meta["modality"], estimator.prep, cache_dir, splits["train"], progress
+    )
+    val = prepare_dataset(
+        dataset, meta["modality"], estimator.prep, cache_dir, splits["val"], progress
+    )
+    if meta["lesion_free_only"]:
+        train, val = train.lesion_free(), val.lesion_free()
+    return train, val
+
+
+def _evaluation_subjects(dataset: Dataset, meta: dict, subjects: str, data: Path) -> list[str]:
+    ids = [s.id for s in dataset.subjects]
+    same_data = Path(meta.get("data", "")) == Path(data).resolve()
+    if subjects == "all" or (subjects == "auto" and not same_data):
+        return ids
+    if subjects not in ("test", "auto"):
+        raise FaeInputError(None, f"--subjects must be test, all or auto, got {subjects!r}")
+    test = [s for s in meta.get("splits", {}).get("test", []) if s in set(ids)]
+    if not test:
+        raise FaeInputError(
+            data, "none of the run's test subjects are in this dataset: use --subjects all"
+        )
+    return test

@@ -1,0 +1,106 @@
+"""``fae train`` / ``fae evaluate`` from the command line, on a tiny synthetic dataset."""
+
+import json
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+import torch
+
+from fae.cli import main
+from fae.data.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    make_synthetic(out, 4, seed=1, modalities=("t1",), resolution_mm=2, progress=False)
+    return out / "datalist.csv"
+
+
+def fae(*args):
+    cmd = [sys.executable, "-m", "fae", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_evaluate(tiny_data, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text("hidden = [16, 32]\nbatch_size = 8\nlog_every = 1\nsteps = 50\n")
+    run = tmp_path / "run"
+    r = fae(
+        "train",
+        "--data",
+        tiny_data,
+        "--out",
+        run,
+        "--config",
+        config,
+        "--steps",
+        "3",
+        "--backbone",
+        "efficientnet-lite0",
+        "--size",
+        "64",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
+    assert r.returncode == 0, r.stderr
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["model"]["steps"] == 3, "flags override the config file"
+    assert resolved["model"]["hidden"] == [16, 32] and resolved["prep"]["size"] == 64
+    assert set(resolved["splits"]) == {"train", "val", "test"} and resolved["modality"] == "t1"
+    log = (run / "train_log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,val_loss,seconds" and len(log) == 4
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["prep"]["size"] == 64 and "torch" in ckpt["versions"]
+
+    r = fae("train", "--resume", run)
+    assert r.returncode == 0 and "trained 3 steps" in r.stdout, r.stderr
+
+    out = tmp_path / "eval"
+    r = fae(
+        "evaluate",
+        "--run",
+        run,
+        "--data",
+        tiny_data,
+        "--out",
+        out,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap", "n_slices"):
+        assert key in metrics
+    assert metrics["subjects"] == resolved["splits"]["test"]
+    assert (out / "per_subject.csv").read_text().startswith("subject,slices,lesion_slices")
+    assert (out / "slices.png").stat().st_size > 1000
+
+
+def test_train_refuses_existing_run_and_bad_config(tiny_data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    r = fae(
+        "train", "--data", tiny_data, "--out", tmp_path / "r", "--config", bad, "--no-pretrained"
+    )
+    assert r.returncode == 2 and "unknown setting(s) learning_rate" in r.stderr
+    r = fae("train", "--out", tmp_path / "r")
+    assert r.returncode == 2 and "needs --data and --out" in r.stderr
+    r = fae("evaluate", "--run", tmp_path / "nothing", "--data", tiny_data, "--out", tmp_path / "e")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_missing_imagenet_weights_names_the_ways_out(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--weights" in err and "--no-pretrained" in err and str(tmp_path / "hub") in err
+    assert not (tmp_path / "run").exists(), "nothing written before the model can be built"

@@ -1,0 +1,139 @@
+"""The Feature-Autoencoder: shapes, learning, checkpoints, exact resume."""
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+import fae.train as train_module
+from fae.data.preprocess import PrepConfig, prepare_volume
+from fae.data.slices import stack_volumes
+from fae.data.synthetic import synthesize_subject
+from fae.data.volume import Volume
+from fae.errors import FaeInputError
+from fae.model import FAE
+from fae.nn.autoencoder import FeatureAutoencoder
+from fae.nn.fae import StructuralFAE
+
+PREP = PrepConfig(size=64)
+TINY = {
+    "backbone": "efficientnet-lite0",
+    "hidden": [32, 64],
+    "batch_size": 8,
+    "val_every": 5,
+    "log_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    """Slices of three synthetic healthy brains (2 mm), prepared at 64×64."""
+    volumes = []
+    for i in range(3):
+        s = synthesize_subject("healthy", i, None, modalities=("t1",), resolution_mm=2)
+        vol = prepare_volume(
+            Volume(s.images["t1"], s.affine, None, "t1"),
+            None,
+            Volume(s.brainmask, s.affine, None, "m"),
+            PREP,
+        )
+        volumes.append(vol)
+    slices = stack_volumes(["a", "b", "c"], volumes, 64)
+    keep = slices.masks.mean(axis=(1, 2)) > 0.25  # slices with plenty of brain
+    return slices.take(keep)
+
+
+def test_paper_architecture_shapes_and_size():
+    ae = FeatureAutoencoder(256)
+    assert sum(p.numel() for p in ae.parameters()) == pytest.approx(8.04e6, rel=0.01)
+    assert ae(torch.randn(2, 256, 32, 32)).shape == (2, 256, 32, 32)
+    model = StructuralFAE(weights=None)
+    x = torch.rand(2, 1, 128, 128)
+    assert model.features(x).shape == (2, 256, 32, 32)
+    maps = model(x)
+    assert maps.shape == (2, 1, 128, 128) and torch.isfinite(maps).all()
+
+
+def test_training_learns_and_flags_an_implanted_anomaly(healthy):
+    """A short run (higher learning rate than the paper's, to learn in 80 steps) must score
+    slices with an implanted structural anomaly above the same slices without it."""
+    fit_on = healthy.take(np.arange(len(healthy)) % 4 != 0)
+    est = FAE(prep=PREP, progress=False, **{**TINY, "steps": 80, "lr": 3e-3}).fit(fit_on)
+    test = healthy.take(np.arange(len(healthy)) % 4 == 0)
+    region = np.zeros((64, 64), bool)
+    region[22:38, 18:34] = True
+    yy, xx = np.mgrid[:64, :64]
+    checker = ((yy // 2 + xx // 2) % 2).astype(np.float32)  # mean 0.5: not simply brighter
+    anomalous = test.images.copy()
+    for img, mask in zip(anomalous, test.masks, strict=True):
+        img[region & mask] = checker[region & mask]
+    healthy_maps = est.predict(test.images, test.masks)
+    anomalous_maps = est.predict(anomalous, test.masks)
+    healthy_scores = est.slice_scores(healthy_maps, test.masks)
+    anomalous_scores = est.slice_scores(anomalous_maps, test.masks)
+    assert (anomalous_scores > healthy_scores).mean() >= 0.9
+    inside = region[None] & test.masks
+    assert anomalous_maps[inside].mean() > healthy_maps[inside].mean() + 0.04
+    assert not healthy_maps[~test.masks].any(), "maps are 0 outside the brain"
+
+
+def test_same_seed_same_weights_and_checkpoint_round_trip(healthy, tmp_path):
+    a = FAE(prep=PREP, steps=4, progress=False, **TINY).fit(healthy)
+    b = FAE(prep=PREP, steps=4, progress=False, **TINY).fit(healthy)
+    for (name, pa), pb in zip(
+        a.model_.state_dict().items(), b.model_.state_dict().values(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+    a.save(tmp_path / "m.pt")
+    loaded = FAE.load(tmp_path / "m.pt", progress=False)
+    assert loaded.config == a.config and loaded.prep == PREP and loaded.step_ == 4
+    np.testing.assert_array_equal(loaded.predict(healthy.images[:3]), a.predict(healthy.images[:3]))
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert raw["versions"]["torch"] == str(torch.__version__) and raw["config"]["steps"] == 4
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "killed"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(healthy, tmp_path, monkeypatch, how):
+    params = {**TINY, "steps": 6, "checkpoint_every": 3}
+    val = healthy.take(np.arange(len(healthy)) < 8)
+    reference = FAE(prep=PREP, progress=False, **params).fit(healthy, val, run_dir=tmp_path / "ref")
+
+    calls = {"n": 0}
+    real_next = train_module.EpochSampler.next
+
+    def interrupting_next(self):
+        calls["n"] += 1
+        if calls["n"] == 5 and how == "ctrl-c":
+            signal.raise_signal(signal.SIGINT)  # noticed after step 5: checkpoint at 5, then stop
+        if calls["n"] == 5 and how == "killed":
+            raise SystemExit("killed")  # nothing saved since the step-3 checkpoint
+        return real_next(self)
+
+    monkeypatch.setattr(train_module.EpochSampler, "next", interrupting_next)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else SystemExit):
+        FAE(prep=PREP, progress=False, **params).fit(healthy, val, run_dir=run)
+    monkeypatch.setattr(train_module.EpochSampler, "next", real_next)
+    assert FAE.load(run, progress=False).step_ == (5 if how == "ctrl-c" else 3)
+    resumed = FAE.resume(run, healthy, val, progress=False)
+    assert resumed.step_ == 6
+    for (name, pa), pb in zip(
+        reference.model_.state_dict().items(), resumed.model_.state_dict().values(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+    log = (run / "train_log.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in log[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bad_checkpoints_and_settings(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(FaeInputError, match="not a readable fae checkpoint"):
+        FAE.load(bad)
+    with pytest.raises(FaeInputError, match="checkpoint not found"):
+        FAE.load(tmp_path / "missing.pt")
+    with pytest.raises(FaeInputError, match="unknown setting"):
+        FAE(learning_rate=1)
+    with pytest.raises(FaeInputError, match="slice_score"):
+        FAE(slice_score="mean")
