@@ -31,7 +31,8 @@ DATASETS = {"lgg-t1": "t1", "lgg-flair": "flair"}
 VARIANTS = {
     "fae-efficientnet": {"backbone": "efficientnet-lite0"},
     "fae-resnet18": {"backbone": "resnet18"},
-    "fae-efficientnet-trainbn": {"backbone": "efficientnet-lite0", "train_batchnorm": True},
+    "fae-resnet18-trainbn": {"backbone": "resnet18", "train_batchnorm": True},
+    "fae-efficientnet-std": {"backbone": "efficientnet-lite0", "standardize_features": True},
 }
 SPLIT = {"test_fraction": 0.5, "val_fraction": 0.1, "split_seed": 0}
 

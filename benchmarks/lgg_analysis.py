@@ -4,7 +4,8 @@ For each finished run of ``benchmarks/lgg.py`` (and the thresholding baseline) i
 test slices again and reports, at the threshold giving 5 % pixel FPR inside the head mask:
 the share of false-positive pixels within ``--border`` pixels of the mask's edge (skull and
 scalp in these skull-on scans), and the pixel AP when that border band is left out of the
-evaluation. It also prints the first and last training losses of each run.
+evaluation, and the slice AUROC when slice scores leave it out. It also prints the first and
+last training losses of each run.
 
     python benchmarks/lgg_analysis.py --out benchmark-output/lgg
 """
@@ -22,9 +23,9 @@ from scipy import ndimage
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
-from fae.evaluation import evaluate_maps
+from fae.evaluation import evaluate_maps, top_fraction_scores
 from fae.methods.threshold import ThresholdBaseline
-from fae.metrics import threshold_at_fpr
+from fae.metrics import slice_metrics, threshold_at_fpr
 from fae.model import FAE
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,7 +50,9 @@ def analyse(slices: SliceSet, maps: np.ndarray, width: int) -> dict:
         slices.slice_index,
         slices.subject_ids,
     )
+    inner_scores = top_fraction_scores(maps, inner_masks)
     return {
+        "slice_auroc_without_border": slice_metrics(inner_scores, slices.slice_labels)["auroc"],
         "fp_in_border": float((false_pos & band).sum() / max(false_pos.sum(), 1)),
         "border_share_of_mask": float(band.sum() / slices.masks.sum()),
         "lesion_in_border": float((slices.segs & band).sum() / max(slices.segs.sum(), 1)),
@@ -88,13 +91,16 @@ def main() -> None:
             entry.update(first_loss=losses[0], last_loss=losses[-1], steps=est.step_)
             report[f"{dataset_dir.name}/{run.name}"] = entry
     (args.out / "analysis.json").write_text(json.dumps(report, indent=2))
-    print("| run | FP in border band | border share of mask | pixel AP without border | loss |")
-    print("|---|---|---|---|---|")
+    print(
+        "| run | FP in border band | border share of mask | pixel AP without border "
+        "| slice AUROC without border | loss |"
+    )
+    print("|---|---|---|---|---|---|")
     for key, r in report.items():
         loss = f"{r['first_loss']:.3f} to {r['last_loss']:.3f}" if "last_loss" in r else "-"
         print(
             f"| {key} | {r['fp_in_border']:.2f} | {r['border_share_of_mask']:.2f} | "
-            f"{r['pixel_ap_without_border']:.3f} | {loss} |"
+            f"{r['pixel_ap_without_border']:.3f} | {r['slice_auroc_without_border']:.3f} | {loss} |"
         )
 
 

@@ -93,9 +93,28 @@ def test_same_seed_same_weights_and_checkpoint_round_trip(healthy, tmp_path):
     assert raw["versions"]["torch"] == str(torch.__version__) and raw["config"]["steps"] == 4
 
 
+def test_standardized_features_learn_faster(healthy):
+    """The named deviation from the paper: z-scored feature channels reach a lower SSIM loss
+    in the same number of steps, and their statistics travel with the model."""
+    losses = {}
+    for standardize in (False, True):
+        est = FAE(
+            prep=PREP, progress=False, **{**TINY, "steps": 40, "standardize_features": standardize}
+        )
+        est.fit(healthy)
+        feats = est.model_.features(torch.from_numpy(healthy.images[:16])[:, None])
+        est.model_.eval()
+        with torch.no_grad():
+            losses[standardize] = float(est.model_.loss(feats))
+        if standardize:
+            assert abs(float(feats.mean())) < 0.5 and 0.5 < float(feats.std()) < 2
+            assert not torch.equal(est.model_.feature_std, torch.ones_like(est.model_.feature_std))
+    assert losses[True] < losses[False] - 0.05
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "killed"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(healthy, tmp_path, monkeypatch, how):
-    params = {**TINY, "steps": 6, "checkpoint_every": 3}
+    params = {**TINY, "steps": 6, "checkpoint_every": 3, "standardize_features": how == "killed"}
     val = healthy.take(np.arange(len(healthy)) < 8)
     reference = FAE(prep=PREP, progress=False, **params).fit(healthy, val, run_dir=tmp_path / "ref")
 

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         help="extractor BatchNorm in train mode, as the paper's code",
     )
     p.add_argument("--slice-score", choices=["top10", "max"])
+    p.add_argument(
+        "--standardize-features",
+        action="store_true",
+        default=None,
+        help="z-score feature channels before the autoencoder (not in the paper; learns faster)",
+    )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument(
         "--test-fraction",
@@ -241,6 +247,7 @@ def _model_params(args: argparse.Namespace) -> dict:
         "layers": args.layers.split(",") if args.layers else None,
         "train_batchnorm": args.train_batchnorm,
         "slice_score": args.slice_score,
+        "standardize_features": args.standardize_features,
         "checkpoint_every": args.checkpoint_every,
     }
     params.update({k: v for k, v in flags.items() if v is not None})

@@ -74,6 +74,7 @@ class FAE:
             c.dropout,
             c.ssim_window,
             c.ssim_sigma,
+            c.standardize_features,
         )
 
     def fit(
@@ -193,7 +194,7 @@ class FAE:
             )
             est.meta = dict(payload.get("meta", {}))
             est.model_ = est.build(load_weights=False)  # the checkpoint holds the extractor too
-            est.model_.load_state_dict(payload["model"])
+            _load_weights(est.model_, payload["model"])
         except (KeyError, TypeError, RuntimeError) as err:
             raise FaeInputError(
                 source, f"checkpoint does not match this version of fae ({err})"
@@ -221,6 +222,14 @@ class FAE:
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RuntimeError("this FAE is not fitted yet: call fit() or FAE.load()")
+
+
+def _load_weights(model: StructuralFAE, state: dict) -> None:
+    """Strict loading, except that checkpoints from before feature standardisation existed
+    (no ``feature_mean``/``feature_std``) keep the identity statistics they were trained with."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"feature_mean", "feature_std"}:
+        raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
 
 
 def _as_tensor(slices: SliceSet | np.ndarray) -> torch.Tensor:

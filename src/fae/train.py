@@ -113,16 +113,16 @@ def train(
         optimizer.load_state_dict(resume["optimizer"])
         sampler.load_state_dict(resume["sampler"])
         state.step = int(resume["step"])
-    cached = (
-        None
-        if config.train_batchnorm
-        else compute_features(model, train_images, device, "features")
-    )
-    val_features = (
-        compute_features(model, val_images, device, "val features")
-        if val_images is not None and len(val_images)
-        else None
-    )
+    cached = None
+    if resume is None and model.standardize_features:
+        raw = compute_features(model, train_images, device, "features")  # identity statistics
+        model.fit_feature_stats(raw)
+        cached = None if config.train_batchnorm else model.standardize(raw)
+    elif not config.train_batchnorm:
+        cached = compute_features(model, train_images, device, "features")
+    val_features = None
+    if val_images is not None and len(val_images):
+        val_features = compute_features(model, val_images, device, "val features")
     # The random state is restored last, after anything above that might draw from it.
     if resume is not None:
         torch.set_rng_state(resume["torch_rng"])

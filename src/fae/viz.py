@@ -124,7 +124,7 @@ def save_slice_figure(
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[row, 0].set_ylabel(labels[row], color="white", fontsize=8)
+        axes[row, 0].set_ylabel(labels[row], color="white", fontsize=6)
     for ax, name in zip(axes[0], ("image", "ground truth", "anomaly map"), strict=True):
         ax.set_title(name, color="white", fontsize=9)
     figure.subplots_adjust(left=0.06, right=0.86, bottom=0.01, top=0.95, wspace=0.03, hspace=0.05)

@@ -129,7 +129,7 @@ def save_best_and_worst(
         f"worst {i + 1}" for i in range(len(worst))
     ]
     labels = [
-        f"{name}: {slices.subject_ids[slices.subject[r]]} z={slices.slice_index[r]}"
+        f"{name}\n{slices.subject_ids[slices.subject[r]]}\nz={slices.slice_index[r]}"
         for name, r in zip(names, rows, strict=True)
     ]
     vmax = float(np.quantile(maps[slices.masks], 0.999)) if slices.masks.any() else 1.0

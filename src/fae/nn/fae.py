@@ -35,17 +35,35 @@ class StructuralFAE(nn.Module):
         dropout: float = 0.1,
         ssim_window: int = 5,
         ssim_sigma: float = 1.5,
+        standardize_features: bool = False,
     ) -> None:
         super().__init__()
         self.extractor = FeatureExtractor(backbone, layers, weights, train_batchnorm)
-        self.autoencoder = FeatureAutoencoder(self.extractor.out_channels, hidden, dropout)
+        channels = self.extractor.out_channels
+        self.autoencoder = FeatureAutoencoder(channels, hidden, dropout)
         self.ssim_window = ssim_window
         self.ssim_sigma = ssim_sigma
+        self.standardize_features = standardize_features
+        # Per-channel statistics of the training features (identity until fitted).
+        self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
 
     def features(self, x: Tensor) -> Tensor:
-        """(N, 1, H, W) slices in [0, 1] → (N, C, H/4, W/4) frozen features."""
+        """(N, 1, H, W) slices in [0, 1] → (N, C, H/4, W/4) frozen features (standardised per
+        channel with the training statistics when ``standardize_features``)."""
         with torch.no_grad():
-            return self.extractor(x)
+            return self.standardize(self.extractor(x))
+
+    def standardize(self, features: Tensor) -> Tensor:
+        if not self.standardize_features:
+            return features
+        return (features - self.feature_mean) / self.feature_std
+
+    def fit_feature_stats(self, features: Tensor) -> None:
+        """Set the per-channel mean and standard deviation from raw training features."""
+        f = features.double()
+        self.feature_mean.copy_(f.mean(dim=(0, 2, 3), keepdim=True).float())
+        self.feature_std.copy_(f.std(dim=(0, 2, 3), keepdim=True).float().clamp_min(1e-6))
 
     def reconstruct(self, features: Tensor) -> Tensor:
         return self.autoencoder(features)
