@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="training steps (default: 150)")
+    p.add_argument("--standardize-features", action="store_true", help="see fae train")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -226,7 +227,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from fae.demo import run_demo
 
     try:
-        run_demo(args.out, n_subjects=args.subjects, seed=args.seed, steps=args.steps)
+        run_demo(args.out, args.subjects, args.seed, args.steps, args.standardize_features)
     except KeyboardInterrupt:
         print("fae: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
