@@ -24,6 +24,7 @@ from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, top_fraction_scores
+from fae.io import atomic_path
 from fae.methods.threshold import ThresholdBaseline
 from fae.metrics import slice_metrics, threshold_at_fpr
 from fae.model import FAE
@@ -62,6 +63,16 @@ def analyse(slices: SliceSet, maps: np.ndarray, width: int) -> dict:
     }
 
 
+def centrality_auroc(slices: SliceSet) -> float:
+    """Slice AUROC of a score that knows nothing but how central a slice is in its stack:
+    lesions sit mid-stack, so this shows how much slice position alone separates the classes."""
+    centrality = np.zeros(len(slices))
+    for i in range(len(slices.subject_ids)):
+        sel = np.flatnonzero(slices.subject == i)
+        centrality[sel] = -np.abs(np.linspace(-1, 1, len(sel)))
+    return slice_metrics(centrality, slices.slice_labels)["auroc"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmark-output/lgg"))
@@ -83,6 +94,9 @@ def main() -> None:
         )
         maps = ThresholdBaseline().predict(slices.images, slices.masks)
         report[f"{dataset_dir.name}/threshold"] = analyse(slices, maps, args.border)
+        report[f"{dataset_dir.name}/threshold"]["slice_auroc_of_centrality"] = centrality_auroc(
+            slices
+        )
         for run in runs:
             est = FAE.load(run, progress=False)
             entry = analyse(slices, est.predict(slices), args.border)
@@ -90,7 +104,12 @@ def main() -> None:
                 losses = [float(r["loss"]) for r in csv.DictReader(fh)]
             entry.update(first_loss=losses[0], last_loss=losses[-1], steps=est.step_)
             report[f"{dataset_dir.name}/{run.name}"] = entry
-    (args.out / "analysis.json").write_text(json.dumps(report, indent=2))
+    with atomic_path(args.out / "analysis.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    for key, r in report.items():
+        if "slice_auroc_of_centrality" in r:
+            auroc = r["slice_auroc_of_centrality"]
+            print(f"{key.split('/')[0]}: slice AUROC of slice centrality alone = {auroc:.3f}")
     print(
         "| run | FP in border band | border share of mask | pixel AP without border "
         "| slice AUROC without border | loss |"

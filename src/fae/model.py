@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.config import FAEConfig
@@ -144,7 +145,8 @@ class FAE:
         device = resolve_device(self.device)
         model = self.model_.to(device).eval()
         out = np.zeros(images.shape, np.float32)
-        for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc="predicting", unit="batch", disable=not self.progress):
             x = torch.from_numpy(
                 np.ascontiguousarray(images[start : start + batch_size], np.float32)
             )
