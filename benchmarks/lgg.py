@@ -29,10 +29,14 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {"lgg-t1": "t1", "lgg-flair": "flair"}
 # name → FAE settings; resnet18 uses ImageNet weights when torchvision has them, else random
 VARIANTS = {
-    "fae-efficientnet": {"backbone": "efficientnet-lite0"},
-    "fae-resnet18": {"backbone": "resnet18"},
+    "fae-efficientnet": {"backbone": "efficientnet-lite0", "train_batchnorm": False},
+    "fae-resnet18": {"backbone": "resnet18", "train_batchnorm": False},
     "fae-resnet18-trainbn": {"backbone": "resnet18", "train_batchnorm": True},
-    "fae-efficientnet-std": {"backbone": "efficientnet-lite0", "standardize_features": True},
+    "fae-efficientnet-std": {
+        "backbone": "efficientnet-lite0",
+        "train_batchnorm": False,
+        "standardize_features": True,
+    },
 }
 SPLIT = {"test_fraction": 0.5, "val_fraction": 0.1, "split_seed": 0}
 

@@ -75,10 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         "--no-pretrained", action="store_true", help="random extractor weights (ablation)"
     )
     p.add_argument(
-        "--train-batchnorm",
-        action="store_true",
-        default=None,
-        help="extractor BatchNorm in train mode, as the paper's code",
+        "--batchnorm",
+        choices=["train", "frozen"],
+        help="extractor BatchNorm while training: 'train' as the paper's code (default), "
+        "'frozen' to compute features once (faster)",
     )
     p.add_argument("--slice-score", choices=["top10", "max"])
     p.add_argument(
@@ -246,7 +246,7 @@ def _model_params(args: argparse.Namespace) -> dict:
         "lr": args.lr,
         "backbone": args.backbone,
         "layers": args.layers.split(",") if args.layers else None,
-        "train_batchnorm": args.train_batchnorm,
+        "train_batchnorm": None if args.batchnorm is None else args.batchnorm == "train",
         "slice_score": args.slice_score,
         "standardize_features": args.standardize_features,
         "checkpoint_every": args.checkpoint_every,
