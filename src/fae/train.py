@@ -113,6 +113,8 @@ def train(
         optimizer.load_state_dict(resume["optimizer"])
         sampler.load_state_dict(resume["sampler"])
         state.step = int(resume["step"])
+        if state.step >= config.steps:  # a finished run: nothing to compute
+            return state
     cached = None
     if resume is None and model.standardize_features:
         raw = compute_features(model, train_images, device, "features")  # identity statistics
