@@ -113,6 +113,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser(
+        "predict", help="anomaly maps of new scans, in each scan's own space, with thresholds"
+    )
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="NIfTI, folder, datalist")
+    p.add_argument("--run", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.05,
+        help="calibrated false-positive rate on healthy data that sets the thresholds "
+        "(default: %(default)s; calibrated: 0.001, 0.01, 0.05)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="slices per batch, across scans")
+    p.add_argument("--device", default="auto")
+    _add_channels(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("calibrate", help="recompute a run's thresholds on your healthy scans")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="healthy scans: folder or datalist")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=_cmd_calibrate)
+
     p = sub.add_parser("demo", help="synthetic brains → FAE training → maps → metrics, figures")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--subjects", type=int, default=12)
@@ -313,4 +339,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap"):
         print(f"{key:<12} {summary[key]:.4f}")
     print(f"{summary['n_subjects']} subjects, {summary['n_slices']} slices; wrote {args.out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fae.model import FAE
+    from fae.predict import collect_scans, predict_scans
+
+    estimator = FAE.load(args.run, device=args.device)
+    channels = _channels(args) or estimator.meta.get("channels")
+    scans, failures = collect_scans(args.inputs, estimator.meta.get("modality", ""), channels)
+    for source, problem in failures:
+        print(f"fae: error: {source}: {problem} (skipped)", file=sys.stderr)
+    rows, failures = predict_scans(
+        estimator, scans, args.out, args.fpr, args.batch_size, failures=failures
+    )
+    print(f"wrote {len(rows)} scans to {args.out} (scores in {args.out / 'scores.csv'})")
+    if failures:
+        print(f"fae: {len(failures)} input(s) failed, see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from fae.workflow import calibrate_run
+
+    calibration = calibrate_run(args.run, args.data, cache_dir_from_args(args), args.device)
+    print(f"calibrated on {calibration['n_slices']} healthy slices of {args.data}")
+    for fpr, t in calibration["pixel"].items():
+        print(
+            f"FPR {fpr:<6} pixel threshold {t:.4f}  slice threshold {calibration['slice'][fpr]:.4f}"
+        )
     return 0

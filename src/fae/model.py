@@ -1,6 +1,7 @@
 """``FAE``: the Feature-Autoencoder as a scikit-learn-style estimator.
 
-Hyper-parameters go to ``__init__``; ``fit`` sets the learned state (``model_``, ``step_``);
+Hyper-parameters go to ``__init__``; ``fit`` sets the learned state (``model_``, ``step_``, and
+``calibration_``: thresholds from the healthy validation slices);
 ``predict`` gives anomaly maps, ``score`` the pixel-wise average precision, ``evaluate`` all of
 the paper's metrics; ``save``/``load`` round-trip through a ``weights_only`` checkpoint.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fae.calibration import calibrate_thresholds
 from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.config import FAEConfig
 from fae.data.preprocess import PrepConfig
@@ -88,6 +90,7 @@ class FAE:
 
         With ``run_dir`` it writes ``config.json``, ``train_log.csv`` and ``checkpoint.pt``
         (every ``checkpoint_every`` steps and at the end); :meth:`resume` continues such a run.
+        The healthy ``val_slices`` (else the training slices) calibrate the thresholds.
         """
         self.model_ = self.build()
         return self._train(train_slices, val_slices, run_dir, resume=None)
@@ -128,7 +131,26 @@ class FAE:
         )
         self.step_ = state.step
         self.model_.eval()
+        finished_before = resume is not None and int(resume["step"]) >= self.config.steps
+        if finished_before and hasattr(self, "calibration_"):
+            return self
+        has_val = val_slices is not None and len(val_slices) > 0
+        self.calibrate(
+            val_slices if has_val else train_slices, "validation" if has_val else "train"
+        )
+        if run_dir is not None:
+            save_checkpoint(self._payload(state), run_dir / "checkpoint.pt")
         return self
+
+    def calibrate(self, slices: SliceSet | np.ndarray, source: str = "healthy slices") -> dict:
+        """Set ``calibration_``: pixel and slice thresholds at the calibrated false-positive
+        rates (see :mod:`fae.calibration`), from healthy slices; returns it."""
+        images, masks = _images_and_masks(slices)
+        maps = self.predict(images, masks)
+        self.calibration_ = calibrate_thresholds(
+            maps, masks, self.slice_scores(maps, masks), source
+        )
+        return self.calibration_
 
     # --- prediction -----------------------------------------------------------------------
 
@@ -138,10 +160,8 @@ class FAE:
     ) -> np.ndarray:
         """(N, S, S) slices in [0, 1] → (N, S, S) float32 anomaly maps, 0 outside ``masks``."""
         self._check_fitted()
-        if isinstance(images, SliceSet):
-            images, masks = images.images, images.masks
-        if masks is None:
-            masks = images > 0
+        if isinstance(images, SliceSet) or masks is None:
+            images, masks = _images_and_masks(images)
         device = resolve_device(self.device)
         model = self.model_.to(device).eval()
         out = np.zeros(images.shape, np.float32)
@@ -202,6 +222,8 @@ class FAE:
                 source, f"checkpoint does not match this version of fae ({err})"
             ) from None
         est.step_ = int(payload.get("step", 0))
+        if "calibration" in payload:
+            est.calibration_ = payload["calibration"]
         est.model_.eval()
         return est
 
@@ -214,6 +236,8 @@ class FAE:
             "step": getattr(self, "step_", 0) if state is None else state.step,
             "model": self.model_.state_dict(),
         }
+        if hasattr(self, "calibration_"):
+            payload["calibration"] = self.calibration_
         if state is not None:
             payload["train_state"] = state.state_dict()
         return payload
@@ -232,6 +256,14 @@ def _load_weights(model: StructuralFAE, state: dict) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"feature_mean", "feature_std"}:
         raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+
+
+def _images_and_masks(slices: SliceSet | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(images, brain masks) of a SliceSet, or of bare images (brain = non-zero pixels)."""
+    if isinstance(slices, SliceSet):
+        return slices.images, slices.masks
+    images = np.asarray(slices)
+    return images, images > 0
 
 
 def _as_tensor(slices: SliceSet | np.ndarray) -> torch.Tensor:

@@ -135,3 +135,56 @@ def save_slice_figure(
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100, facecolor=figure.get_facecolor())
     return Path(path)
+
+
+def save_overlay(
+    images: np.ndarray,
+    maps: np.ndarray,
+    path: str | Path,
+    vmin: float,
+    vmax: float,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    columns: int = 6,
+) -> Path:
+    """Write a PNG montage of slices with the anomaly map overlaid where it reaches ``vmin``.
+
+    ``images`` (n, H, W) in [0, 1] and ``maps`` (n, H, W), RAS in-plane (shown anterior up).
+    The colour scale ``vmin..vmax`` is fixed by the caller (the same for every scan of a run),
+    never stretched per image; a colour bar shows it.
+    """
+    n = len(images)
+    if n == 0 or len(maps) != n:
+        raise ValueError("save_overlay needs the same, non-zero number of images and maps")
+    labels = list(labels) if labels is not None else [""] * n
+    vmax = max(vmax, vmin + 1e-6)
+    rows = -(-n // columns)
+    figure = Figure(
+        figsize=(columns * _PANEL_INCHES + 0.9, rows * _PANEL_INCHES + 0.4), facecolor="black"
+    )
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    shown = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_facecolor("black")
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        ax.imshow(np.rot90(images[k]), cmap="gray", vmin=0, vmax=1)
+        amap = np.rot90(maps[k])
+        shown = ax.imshow(
+            np.ma.masked_less(amap, vmin), cmap="autumn", vmin=vmin, vmax=vmax, alpha=0.6
+        )
+        ax.text(2, 2, labels[k], color="yellow", fontsize=7, va="top", ha="left")
+    right = 1 - 0.9 / (columns * _PANEL_INCHES + 0.9)
+    figure.subplots_adjust(left=0.01, right=right, bottom=0.01, top=0.94, wspace=0.02, hspace=0.02)
+    if title:
+        figure.suptitle(title, color="white", fontsize=10)
+    bar = figure.colorbar(shown, cax=figure.add_axes((right + 0.01, 0.1, 0.015, 0.8)))
+    bar.set_label("anomaly score (1 - SSIM)", color="white", fontsize=8)
+    bar.ax.tick_params(colors="white", labelsize=7)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, facecolor=figure.get_facecolor())
+    return Path(path)

@@ -1,8 +1,9 @@
-"""The command-line jobs as functions: train a run folder, evaluate it on labelled data.
+"""The command-line jobs as functions: train a run folder, evaluate it on labelled data,
+recalibrate its thresholds on healthy scans.
 
 A run folder holds ``config.json`` (model, preprocessing, data, modality and the subject split),
-``train_log.csv`` and ``checkpoint.pt``; ``fae evaluate`` writes ``metrics.json``,
-``per_subject.csv`` and a figure of the best and worst slices.
+``train_log.csv`` and ``checkpoint.pt`` (with the calibrated thresholds); ``fae evaluate`` writes
+``metrics.json``, ``per_subject.csv`` and a figure of the best and worst slices.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from fae.data.discover import Dataset, discover
+from fae.calibration import intensity_reference, intensity_stats
+from fae.checkpoint import load_checkpoint, save_checkpoint
+from fae.data.discover import Dataset, Subject, discover
 from fae.data.preprocess import PrepConfig
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
 from fae.errors import FaeInputError
@@ -56,6 +60,7 @@ def train_run(
         "channels": channels,
         "lesion_free_only": lesion_free_only,
         "splits": splits,
+        "intensity": _intensity_reference(dataset, splits["train"], modality, progress),
     }
     train, val = _training_slices(dataset, estimator, cache_dir, progress)
     return estimator.fit(train, val, run_dir=out)
@@ -119,6 +124,42 @@ def evaluate_run(
     return summary
 
 
+def calibrate_run(
+    run: Path,
+    data: Path,
+    cache_dir: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Recompute a run's thresholds (and intensity reference) on the healthy scans in ``data``.
+
+    Slices with lesion voxels (where ``data`` has segmentations) are left out. The checkpoint
+    is rewritten atomically, everything else in it kept; ``calibration.json`` is written beside.
+    """
+    path = run / "checkpoint.pt" if run.is_dir() else run
+    estimator = FAE.load(path, device=device, progress=progress)
+    modality = estimator.meta.get("modality")
+    dataset = discover(data, estimator.meta.get("channels"))
+    if modality not in dataset.modalities:
+        modality = _single_modality(dataset, modality)
+    slices = prepare_dataset(dataset, modality, estimator.prep, cache_dir, None, progress)
+    slices = slices.lesion_free()
+    if not slices.masks.any():
+        raise FaeInputError(data, "no healthy brain slices to calibrate on")
+    calibration = estimator.calibrate(slices, str(Path(data).resolve()))
+    ids = [s.id for s in dataset.subjects]
+    reference = _intensity_reference(dataset, ids, modality, progress)
+    payload = load_checkpoint(path)
+    payload["calibration"] = calibration
+    payload["meta"] = {**payload.get("meta", {}), "intensity": reference}
+    for key in ("format", "versions"):
+        payload.pop(key, None)
+    save_checkpoint(payload, path)
+    with atomic_path(path.parent / "calibration.json") as tmp:
+        tmp.write_text(json.dumps({**calibration, "intensity": reference}, indent=2))
+    return calibration
+
+
 def save_best_and_worst(
     slices: SliceSet, maps: np.ndarray, threshold: float, path: Path, title: str
 ) -> Path:
@@ -152,6 +193,27 @@ def _training_slices(
     if meta["lesion_free_only"]:
         train, val = train.lesion_free(), val.lesion_free()
     return train, val
+
+
+def _intensity_reference(
+    dataset: Dataset, ids: list[str], modality: str, progress: bool, limit: int = 20
+) -> dict:
+    """Raw intensity range of (up to ``limit``) scans, for predict-time warnings."""
+    wanted = set(ids)
+    subjects: list[Subject] = [s for s in dataset.subjects if s.id in wanted][:limit]
+    stats = []
+    for subject in tqdm(subjects, desc="intensity range", unit="scan", disable=not progress):
+        brainmask = subject.brainmask.load() if subject.brainmask is not None else None
+        stats.append(intensity_stats(subject.images[modality].load(), brainmask))
+    return intensity_reference(stats)
+
+
+def _single_modality(dataset: Dataset, wanted: str | None) -> str:
+    if len(dataset.modalities) == 1:
+        return dataset.modalities[0]
+    raise FaeInputError(
+        dataset.root, f"has no {wanted} images (has {', '.join(dataset.modalities)})"
+    )
 
 
 def _evaluation_subjects(dataset: Dataset, meta: dict, subjects: str, data: Path) -> list[str]:

@@ -23,6 +23,7 @@ from fae.data.volume import Volume, check_same_grid
 from fae.errors import FaeInputError
 
 ZERO_BACKGROUND_FRACTION = 0.2  # more exact zeros than this: treated as skull-stripped
+RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]])
 
 
 @dataclass(frozen=True)
@@ -204,3 +205,28 @@ def _normalize(images: np.ndarray, masks: np.ndarray, mode: str, source: str) ->
         lo, hi = np.percentile(inside, [0.5, 99.5])
         out = np.clip((images - lo) / max(hi - lo, 1e-8), 0.0, 1.0)
     return np.where(masks, out, 0.0).astype(np.float32)
+
+
+def restore_volume(slices: np.ndarray, prepared: PreparedVolume) -> np.ndarray:
+    """Undo :func:`prepare_volume`'s geometry: (n, size, size) maps → the input array's shape.
+
+    Each slice is resized back to the crop square (bilinear), put into its place in the RAS
+    volume, and the volume is turned back to the input's axis order and directions, so the
+    result lines up voxel for voxel with the input under the input's own affine. Voxels outside
+    the prepared slices (and padding) are 0.
+    """
+    if slices.shape[0] != len(prepared.slice_index):
+        raise ValueError(f"{slices.shape[0]} slices for {len(prepared.slice_index)} positions")
+    ras_shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(prepared.ornt):
+        ras_shape[int(target)] = prepared.shape[axis]
+    x0, y0, side = prepared.crop
+    ras = np.zeros(ras_shape, np.float32)
+    if len(slices):
+        square = _resize(slices, side)  # (n, side, side)
+        sx, sy = max(x0, 0), max(y0, 0)
+        ex, ey = min(x0 + side, ras_shape[0]), min(y0 + side, ras_shape[1])
+        window = square[:, sx - x0 : ex - x0, sy - y0 : ey - y0]
+        ras[sx:ex, sy:ey, prepared.slice_index] = np.moveaxis(window, 0, 2)
+    back = nib.orientations.ornt_transform(RAS_ORNT, prepared.ornt)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(ras, back), np.float32)

@@ -1,0 +1,273 @@
+"""``fae predict`` / ``fae calibrate``: maps written back in each scan's own space, thresholds."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from fae.data.preprocess import PrepConfig, prepare_volume, restore_volume
+from fae.data.synthetic import make_synthetic
+from fae.data.volume import NiftiSource, Volume
+from fae.model import FAE
+from fae.predict import Scan, predict_scans
+from fae.workflow import train_run
+
+from conftest import head, write_nifti
+
+
+def reoriented(data: np.ndarray, affine: np.ndarray, ornt: np.ndarray):
+    """The same scan stored with other axes: array and affine that describe the same world."""
+    out = nib.orientations.apply_orientation(data, ornt)
+    return out, affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+
+
+def oblique(affine: np.ndarray, degrees: float) -> np.ndarray:
+    """``affine`` rotated about the scanner's z axis (still closest to the same axes)."""
+    t = np.deg2rad(degrees)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return rotation @ affine
+
+
+# a flip of x, and a permutation that puts the axial axis first with y flipped
+ORIENTATIONS = [
+    np.array([[0, -1], [1, 1], [2, 1]]),
+    np.array([[2, 1], [0, -1], [1, 1]]),
+]
+
+
+@pytest.mark.parametrize("ornt", ORIENTATIONS)
+def test_restore_undoes_prepare_exactly(ornt):
+    # in-plane 32 x 40 is cropped to 32 x 32, and size 32 means no resampling: exact inverse
+    image, _, brain = head(shape=(32, 40, 14))
+    affine = oblique(np.diag([1.5, 1.2, 3.0, 1.0]), 12)
+    config = PrepConfig(size=32, normalize="minmax")
+
+    def prepare_and_restore(data, aff, mask):
+        volume, brainmask = Volume(data, aff, None, "x"), Volume(mask, aff, None, "m")
+        prepared = prepare_volume(volume, brainmask=brainmask, config=config)
+        return restore_volume(prepared.images, prepared)
+
+    base = prepare_and_restore(image, affine, brain)
+    assert base.shape == image.shape and base.dtype == np.float32
+    window = np.zeros(image.shape, bool)
+    window[:, 4:36, :] = True
+    inside = (brain > 0) & window
+    lo, hi = np.percentile(image[inside], [0.5, 99.5])
+    expected = np.where(inside, np.clip((image - lo) / (hi - lo), 0, 1), 0)
+    np.testing.assert_allclose(base, expected, atol=1e-5)
+    # the same scan stored with flipped / permuted axes comes back in those axes
+    data, aff = reoriented(image, affine, ornt)
+    mask, _ = reoriented(brain, affine, ornt)
+    moved = prepare_and_restore(data, aff, mask)
+    np.testing.assert_array_equal(moved, nib.orientations.apply_orientation(base, ornt))
+
+
+def test_restore_with_resampling_keeps_structures_in_place():
+    # a smooth ramp inside the brain survives 48 -> 32 -> 48 resampling almost unchanged
+    _, _, brain = head(shape=(48, 56, 10))
+    x, y, _ = np.meshgrid(*[np.arange(n) for n in brain.shape], indexing="ij")
+    image = (brain * (1 + x / 48 + 0.5 * y / 56)).astype(np.float32)
+    prepared = prepare_volume(
+        Volume(image, np.eye(4), None, "x"), config=PrepConfig(size=32, normalize="minmax")
+    )
+    restored = restore_volume(prepared.images, prepared)
+    assert restored.shape == image.shape
+    assert not restored[:, :4].any() and not restored[:, 52:].any(), "cropped away: 0"
+    interior = ndimage.binary_erosion(brain > 0, iterations=3)
+    interior[:, :4] = interior[:, 52:] = False
+    assert np.corrcoef(restored[interior], image[interior])[0, 1] > 0.99
+
+
+# --- end to end with a tiny trained run -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    make_synthetic(root / "data", 4, seed=2, modalities=("t1",), resolution_mm=2, progress=False)
+    params = {
+        "backbone": "efficientnet-lite0",
+        "train_batchnorm": False,
+        "hidden": [16, 32],
+        "batch_size": 8,
+        "steps": 3,
+    }
+    train_run(
+        root / "data" / "datalist.csv",
+        root / "run",
+        "t1",
+        params,
+        prep=PrepConfig(size=64),
+        cache_dir=root / "cache",
+        progress=False,
+    )
+    return root
+
+
+def cropped(path, z0: int = 40, z1: int = 56):
+    """A scan cut to a few axial slices (fast to predict), with its affine kept consistent."""
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, np.float32)[:, :, z0:z1]
+    shift = np.eye(4)
+    shift[2, 3] = z0
+    return data, image.affine @ shift
+
+
+def fae(*args):
+    cmd = [sys.executable, "-m", "fae", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_training_calibrates_thresholds(tiny_run):
+    ckpt = torch.load(tiny_run / "run" / "checkpoint.pt", weights_only=True)
+    calibration = ckpt["calibration"]
+    pixel = calibration["pixel"]
+    assert set(pixel) == {"0.001", "0.01", "0.05"} and calibration["source"] == "validation"
+    assert pixel["0.001"] >= pixel["0.01"] >= pixel["0.05"] > 0
+    assert "train_state" in ckpt, "the final checkpoint still resumes"
+    assert ckpt["meta"]["intensity"]["n_scans"] >= 1
+    # the thresholds hold their false-positive rate on the validation slices they came from
+    est = FAE.load(tiny_run / "run", progress=False)
+    from fae.data.discover import discover
+    from fae.data.slices import prepare_dataset
+
+    dataset = discover(tiny_run / "data" / "datalist.csv")
+    val = prepare_dataset(
+        dataset, "t1", est.prep, tiny_run / "cache", est.meta["splits"]["val"], False
+    ).lesion_free()
+    maps = est.predict(val)
+    values = maps[val.masks]
+    for fpr, t in pixel.items():
+        assert np.mean(values >= t) <= float(fpr)
+        assert np.mean(values >= np.nextafter(t, -np.inf)) > 0  # and no higher than needed
+
+
+def test_predict_writes_maps_in_each_scans_space(tiny_run, tmp_path):
+    data, affine = cropped(next((tiny_run / "data").glob("anomalous_*_t1.nii.gz")))
+    inputs = tmp_path / "in"
+    # the same scan stored three ways: as is, flipped and permuted, and oblique
+    variants = {
+        "plain": (data, affine),
+        "flipped": reoriented(data, affine, ORIENTATIONS[1]),
+        "oblique": (data, oblique(affine, 15)),
+    }
+    for name, (array, affine) in variants.items():
+        write_nifti(inputs / f"{name}.nii.gz", array, affine)
+    (inputs / "broken.nii.gz").write_bytes(b"not a nifti file")
+    out = tmp_path / "out"
+    r = fae("predict", "--run", tiny_run / "run", *sorted(inputs.iterdir()), "--out", out)
+    assert r.returncode == 1, r.stderr  # one input failed
+    assert "broken.nii.gz" in r.stderr and "skipped" in r.stderr
+    assert not list(out.glob("broken*"))
+    with (out / "scores.csv").open() as fh:
+        rows = {row["name"]: row for row in csv.DictReader(fh)}
+    assert set(rows) == set(variants)
+    maps = {}
+    for name, (array, affine) in variants.items():
+        anomaly = nib.load(out / f"{name}_anomaly.nii.gz")
+        mask = nib.load(out / f"{name}_mask.nii.gz")
+        assert anomaly.shape == array.shape == mask.shape
+        np.testing.assert_allclose(anomaly.affine, affine, atol=1e-5)
+        assert anomaly.get_data_dtype() == np.float32
+        maps[name] = np.asarray(anomaly.dataobj)
+        threshold = float(rows[name]["pixel_threshold"])
+        assert int(rows[name]["suspicious_voxels"]) == int(np.sum(maps[name] >= threshold))
+        np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, maps[name] >= threshold)
+        assert (out / f"{name}_overlay.png").stat().st_size > 5000
+    assert maps["plain"].max() > 0
+    # the flipped/permuted copy gives the same map, voxel for voxel, in its own axes
+    canonical = {
+        name: nib.as_closest_canonical(nib.load(out / f"{name}_anomaly.nii.gz")).get_fdata()
+        for name in ("plain", "flipped")
+    }
+    np.testing.assert_allclose(canonical["flipped"], canonical["plain"], atol=1e-6)
+    np.testing.assert_allclose(maps["oblique"], maps["plain"], atol=1e-6)
+
+
+def test_predict_batches_across_scans_without_changing_maps(tiny_run, tmp_path):
+    est = FAE.load(tiny_run / "run", progress=False)
+    scans = []
+    for i, p in enumerate(sorted((tiny_run / "data").glob("anomalous_*_t1.nii.gz"))):
+        path = write_nifti(tmp_path / f"scan{i}.nii.gz", *cropped(p, 30 + 10 * i, 42 + 10 * i))
+        scans.append(Scan(f"scan{i}", NiftiSource(path)))
+    predict_scans(est, scans, tmp_path / "a", batch_size=1000, progress=False)
+    predict_scans(est, scans, tmp_path / "b", batch_size=3, progress=False)
+    for scan in scans:
+        a = nib.load(tmp_path / "a" / f"{scan.name}_anomaly.nii.gz").get_fdata()
+        b = nib.load(tmp_path / "b" / f"{scan.name}_anomaly.nii.gz").get_fdata()
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_predict_warns_about_unlike_scans_and_rejects_uncalibrated_fpr(tiny_run, tmp_path):
+    data, affine = cropped(next((tiny_run / "data").glob("anomalous_*_t1.nii.gz")))
+    write_nifti(tmp_path / "scan_t2.nii.gz", data, affine)  # named T2, run is T1
+    write_nifti(tmp_path / "bright.nii.gz", data * 1000, affine)
+    out = tmp_path / "out"
+    inputs = [tmp_path / "scan_t2.nii.gz", tmp_path / "bright.nii.gz"]
+    r = fae("predict", "--run", tiny_run / "run", *inputs, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "scan_t2.nii.gz: looks like t2, but the run was trained on t1" in r.stderr
+    assert "bright.nii.gz: intensity range differs from training" in r.stderr
+    with (out / "scores.csv").open() as fh:
+        warnings = {row["name"]: row["warnings"] for row in csv.DictReader(fh)}
+    assert "intensity range" in warnings["bright"] and "looks like t2" in warnings["scan_t2"]
+    r = fae(
+        "predict",
+        "--run",
+        tiny_run / "run",
+        tmp_path / "bright.nii.gz",
+        "--out",
+        out,
+        "--fpr",
+        "0.2",
+    )
+    assert r.returncode == 2 and "--fpr 0.2 is not calibrated" in r.stderr
+    assert "0.001, 0.01, 0.05" in r.stderr
+
+
+def test_calibrate_on_other_healthy_scans(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes((tiny_run / "run" / "checkpoint.pt").read_bytes())
+    healthy = tmp_path / "healthy"
+    for i, p in enumerate(sorted((tiny_run / "data").glob("healthy_*_t1.nii.gz"))):
+        data, affine = cropped(p)
+        write_nifti(healthy / f"h{i}_t1.nii.gz", data * 0.5, affine)
+    r = fae("calibrate", "--run", run, "--data", healthy, "--no-cache")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["calibration"]["source"] == str(healthy.resolve())
+    before = torch.load(tiny_run / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["calibration"]["pixel"] != before["calibration"]["pixel"]
+    assert ckpt["meta"]["intensity"]["p99"][1] < before["meta"]["intensity"]["p99"][1]
+    assert ckpt["step"] == before["step"] and "train_state" in ckpt
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["pixel"] == ckpt["calibration"]["pixel"]
+    r = fae("calibrate", "--run", run, "--data", tmp_path / "nowhere")
+    assert r.returncode == 2 and "nowhere" in r.stderr
+
+
+@pytest.mark.realdata
+def test_predict_real_volume_keeps_its_geometry(tiny_run, tmp_path):
+    from conftest import shared_data
+
+    path = next(shared_data("brats2013-flair").glob("*/Flair*.nii.gz"))
+    out = tmp_path / "out"
+    r = fae("predict", "--run", tiny_run / "run", path, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "fae: warning:" in r.stderr and "intensit" in r.stderr, "z-scored vs [0, 1] training"
+    source = nib.load(path)
+    anomaly = nib.load(out / f"{path.name.split('.')[0]}_anomaly.nii.gz")
+    assert anomaly.shape == source.shape == (240, 240, 155)
+    assert nib.aff2axcodes(anomaly.affine) == nib.aff2axcodes(source.affine) == ("L", "P", "S")
+    np.testing.assert_allclose(anomaly.affine, source.affine, atol=1e-5)
+    brain = np.asarray(source.dataobj) != 0
+    amap = np.asarray(anomaly.dataobj)
+    assert amap[brain].mean() > 0 and not amap[~brain].any(), "map inside the brain only"
