@@ -22,7 +22,7 @@ from fae.data.discover import discover
 from fae.data.slices import prepare_dataset, split_subjects
 from fae.evaluation import evaluate_maps
 from fae.io import atomic_path
-from fae.methods.threshold import ThresholdBaseline
+from fae.methods.simple import Threshold
 from fae.workflow import evaluate_run, resume_run, train_run
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -77,7 +77,7 @@ def threshold_baseline(data: Path, modality: str, cache: Path) -> dict:
     test = splits["test"]
     slices = prepare_dataset(dataset, modality, cache_dir=cache, subject_ids=test)
     started = time.perf_counter()
-    maps = ThresholdBaseline().predict(slices.images, slices.masks)
+    maps = Threshold(progress=False).fit(slices).predict(slices)
     summary, _ = evaluate_maps(slices, maps)
     summary["wall_seconds"] = time.perf_counter() - started
     return summary

@@ -25,7 +25,7 @@ from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, top_fraction_scores
 from fae.io import atomic_path
-from fae.methods.threshold import ThresholdBaseline
+from fae.methods.simple import Threshold
 from fae.metrics import slice_metrics, threshold_at_fpr
 from fae.model import FAE
 
@@ -92,7 +92,7 @@ def main() -> None:
         slices = prepare_dataset(
             dataset, first.meta["modality"], first.prep, cache, test, progress=False
         )
-        maps = ThresholdBaseline().predict(slices.images, slices.masks)
+        maps = Threshold(progress=False).fit(slices).predict(slices)
         report[f"{dataset_dir.name}/threshold"] = analyse(slices, maps, args.border)
         report[f"{dataset_dir.name}/threshold"]["slice_auroc_of_centrality"] = centrality_auroc(
             slices

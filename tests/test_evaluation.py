@@ -4,7 +4,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fae.data.slices import SliceSet
 from fae.evaluation import best_and_worst_slices, evaluate_maps, top_fraction_scores
-from fae.methods.threshold import ThresholdBaseline
+from fae.methods.simple import Threshold
 from fae.viz import save_slice_figure
 
 
@@ -21,7 +21,7 @@ def toy_slices(n=6, size=16, seed=0) -> SliceSet:
 
 def test_evaluate_maps_agrees_with_sklearn_inside_the_brain():
     s = toy_slices()
-    maps = ThresholdBaseline().fit(s.images).predict(s.images, s.masks) + 0.5 * s.segs
+    maps = Threshold(progress=False).fit(s).predict(s) + 0.5 * s.segs
     summary, per_subject = evaluate_maps(s, maps)
     ap = average_precision_score(s.segs[s.masks], maps[s.masks])
     assert abs(summary["pixel_ap"] - ap) < 1e-3  # streaming bins: relative 2^-12

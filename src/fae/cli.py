@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fae import __version__
 from fae.errors import FaeInputError
+from fae.methods.registry import METHODS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="dataset folder or datalist")
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run")
+    p.add_argument(
+        "--method",
+        default="fae",
+        choices=list(METHODS),
+        help="what to train (default: %(default)s); other settings via --config",
+    )
     p.add_argument("--config", type=Path, help="TOML/YAML/JSON file of settings; flags override it")
     p.add_argument("--modality", help="which image of each subject (default: the only one)")
     p.add_argument("--steps", type=int)
@@ -138,6 +145,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser(
+        "benchmark", help="train and evaluate several methods over several seeds, compare them"
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder or datalist")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated (default: all: %(default)s)",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="training steps of every learned method")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML/YAML/JSON with one table of settings per method, e.g. [fae] backbone = ...",
+    )
+    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    _add_prep_options(p, modality=False)
+    p.add_argument("--modality", help="which image of each subject (default: the only one)")
+    p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("demo", help="synthetic brains → FAE training → maps → metrics, figures")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -274,7 +306,7 @@ def _model_params(args: argparse.Namespace) -> dict:
         "layers": args.layers.split(",") if args.layers else None,
         "train_batchnorm": None if args.batchnorm is None else args.batchnorm == "train",
         "slice_score": args.slice_score,
-        "standardize_features": args.standardize_features,
+        "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,
     }
     params.update({k: v for k, v in flags.items() if v is not None})
@@ -311,6 +343,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 not args.all_train_slices,
                 cache_dir_from_args(args),
                 args.device,
+                method=args.method,
             )
     except KeyboardInterrupt:
         print(f"fae: interrupted; continue with: fae train --resume {run}", file=sys.stderr)
@@ -343,10 +376,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fae.model import FAE
+    from fae.methods.base import load_method
     from fae.predict import collect_scans, predict_scans
 
-    estimator = FAE.load(args.run, device=args.device)
+    estimator = load_method(args.run, device=args.device)
     channels = _channels(args) or estimator.meta.get("channels")
     scans, failures = collect_scans(args.inputs, estimator.meta.get("modality", ""), channels)
     for source, problem in failures:
@@ -370,4 +403,43 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(
             f"FPR {fpr:<6} pixel threshold {t:.4f}  slice threshold {calibration['slice'][fpr]:.4f}"
         )
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from fae.benchmark import format_markdown, run_benchmark
+    from fae.config import read_config_file
+
+    overrides = read_config_file(args.config) if args.config else {}
+    loose = [k for k, v in overrides.items() if not isinstance(v, dict)]
+    if loose:
+        raise FaeInputError(
+            args.config, f"settings must sit in per-method tables, not at the top: {loose[0]}"
+        )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    modality = args.modality or _only_modality(args.data, _channels(args))
+    split = {
+        "test_fraction": args.test_fraction,
+        "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed,
+    }
+    try:
+        summary = run_benchmark(
+            args.data,
+            args.out,
+            methods,
+            args.seeds,
+            modality,
+            args.steps,
+            overrides,
+            prep_config_from_args(args),
+            split,
+            cache_dir_from_args(args),
+            args.device,
+        )
+    except KeyboardInterrupt:
+        print("fae: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(format_markdown(summary))
+    print(f"wrote {args.out / 'results.md'}, bars.png and pr_curves.png")
     return 0

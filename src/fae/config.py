@@ -1,4 +1,4 @@
-"""Hyper-parameters of a Feature-Autoencoder run, with the paper's defaults.
+"""Hyper-parameters of a run: training settings shared by every method, and the FAE's own.
 
 A config can come from a TOML or YAML file (``--config``); command-line flags override it.
 """
@@ -19,8 +19,55 @@ SLICE_SCORES = ("top10", "max")
 
 
 @dataclass
-class FAEConfig:
-    """Everything that defines a model and its training (paper defaults).
+class TrainingConfig:
+    """Training settings every learned method shares (the FAE paper's defaults).
+
+    slice_score: ``"top10"`` (mean of the top 10 % of map values in the brain, the paper) or
+    ``"max"`` (the 2023 benchmark).
+    """
+
+    lr: float = 2e-4
+    batch_size: int = 32
+    steps: int = 10_000
+    seed: int = 0
+    slice_score: str = "top10"
+    checkpoint_every: int = 500
+    val_every: int = 250
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        for problem, failed in self.problems().items():
+            if failed:
+                raise FaeInputError(None, problem)
+
+    def problems(self) -> dict[str, bool]:
+        """Problem description → whether it applies; subclasses add their own."""
+        return {
+            "steps must be at least 1": self.steps < 1,
+            "batch_size must be at least 1": self.batch_size < 1,
+            "lr must be positive": self.lr <= 0,
+            f"slice_score must be one of {SLICE_SCORES}": self.slice_score not in SLICE_SCORES,
+            "checkpoint_every, val_every and log_every must be at least 1": min(
+                self.checkpoint_every, self.val_every, self.log_every
+            )
+            < 1,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path | None = None):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise FaeInputError(source, f"unknown setting(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class FAEConfig(TrainingConfig):
+    """Everything that defines a Feature-Autoencoder and its training (paper defaults).
 
     weights: ``"imagenet"`` (pretrained), a path to a state-dict file, or ``None`` (random
     initialisation: the paper's "untrained ResNet" ablation).
@@ -28,8 +75,6 @@ class FAEConfig:
     paper's code does (features then depend on the batch and are recomputed every step). The
     default, because it measured better on the LGG T1 development split (see the README);
     ``False`` freezes it, so that features are computed once and training is faster.
-    slice_score: ``"top10"`` (mean of the top 10 % of map values in the brain, the paper) or
-    ``"max"`` (the 2023 benchmark).
     standardize_features: not in the paper: z-score each feature channel with the training
     set's statistics before the autoencoder. SSIM's constants assume values of order 1, while
     raw CNN channels differ in scale by orders of magnitude; standardised, the autoencoder
@@ -45,42 +90,13 @@ class FAEConfig:
     ssim_window: int = 5
     ssim_sigma: float = 1.5
     standardize_features: bool = False
-    lr: float = 2e-4
-    batch_size: int = 32
-    steps: int = 10_000
-    seed: int = 0
-    slice_score: str = "top10"
-    checkpoint_every: int = 500
-    val_every: int = 250
-    log_every: int = 25
 
-    def __post_init__(self) -> None:
-        checks = {
-            "steps must be at least 1": self.steps < 1,
-            "batch_size must be at least 1": self.batch_size < 1,
-            "lr must be positive": self.lr <= 0,
+    def problems(self) -> dict[str, bool]:
+        return {
+            **super().problems(),
             "dropout must be in [0, 1)": not 0 <= self.dropout < 1,
-            f"slice_score must be one of {SLICE_SCORES}": self.slice_score not in SLICE_SCORES,
-            "checkpoint_every, val_every and log_every must be at least 1": min(
-                self.checkpoint_every, self.val_every, self.log_every
-            )
-            < 1,
             "ssim_window must be odd": self.ssim_window % 2 == 0,
         }
-        for problem, failed in checks.items():
-            if failed:
-                raise FaeInputError(None, problem)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str | Path | None = None) -> FAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FaeInputError(source, f"unknown setting(s) {', '.join(unknown)}")
-        return cls(**d)
 
 
 def read_config_file(path: Path) -> dict:

@@ -7,18 +7,15 @@ Re-running continues where it stopped (data, slice cache and the training checkp
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
 from fae.data.discover import discover
-from fae.data.slices import SliceSet, prepare_dataset
+from fae.data.slices import prepare_dataset
 from fae.data.synthetic import make_synthetic
-from fae.evaluation import evaluate_maps
+from fae.evaluation import anomaly_kinds, evaluate_by_kind
 from fae.io import atomic_path
-from fae.methods.threshold import ThresholdBaseline
+from fae.methods.simple import Threshold
 from fae.workflow import resume_run, save_best_and_worst, train_run
 
 MODALITY = "t1"
@@ -59,13 +56,15 @@ def run_demo(
     slices = prepare_dataset(
         dataset, MODALITY, estimator.prep, cache, estimator.meta["splits"]["test"]
     )
-    kinds = _anomaly_kinds(data_dir / "anomalies.csv")
+    kinds = anomaly_kinds(data_dir)
     fae_maps = estimator.predict(slices)
-    threshold_maps = ThresholdBaseline().predict(slices.images, slices.masks)
+    threshold_maps = Threshold(progress=False).fit(slices).predict(slices)
     results = {
         "steps": estimator.step_,
-        "fae": _by_kind(slices, fae_maps, kinds, estimator.slice_scores(fae_maps, slices.masks)),
-        "threshold": _by_kind(slices, threshold_maps, kinds),
+        "fae": evaluate_by_kind(
+            slices, fae_maps, kinds, estimator.slice_scores(fae_maps, slices.masks)
+        ),
+        "threshold": evaluate_by_kind(slices, threshold_maps, kinds),
     }
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2))
@@ -99,20 +98,3 @@ def format_table(results: dict) -> str:
                 f"{m['best_dice']:.3f} | {m['slice_auroc']:.3f} |"
             )
     return "\n".join(lines)
-
-
-def _by_kind(slices: SliceSet, maps: np.ndarray, kinds: dict[str, str], scores=None) -> dict:
-    """Metrics over all test subjects, then over the subjects of each anomaly kind."""
-    out = {"all": evaluate_maps(slices, maps, scores)[0]}
-    for kind in sorted(set(kinds.values())):
-        ids = [i for i, s in enumerate(slices.subject_ids) if kinds.get(s) == kind]
-        keep = np.isin(slices.subject, ids)
-        out[kind] = evaluate_maps(
-            slices.take(keep), maps[keep], None if scores is None else scores[keep]
-        )[0]
-    return out
-
-
-def _anomaly_kinds(path: Path) -> dict[str, str]:
-    with path.open(newline="") as fh:
-        return {row["subject"]: row["kind"] for row in csv.DictReader(fh)}

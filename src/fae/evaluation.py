@@ -6,6 +6,9 @@ normal and would make a 5 % FPR mean something else for every dataset).
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 
 from fae.data.slices import SliceSet
@@ -83,6 +86,7 @@ def evaluate_maps(
         "n_lesion_slices": int(labels.sum()),
         "n_pixels": result["n_pixels"],
         "n_lesion_pixels": result["n_positive"],
+        "pr_curve": pixel.pr_curve(),
     }
     return summary, per_subject
 
@@ -103,3 +107,29 @@ def best_and_worst_slices(
     dices = 2 * inter / (pred.sum(axis=(1, 2)) + seg.sum(axis=(1, 2)))
     order = candidates[np.argsort(-dices, kind="stable")]
     return order[:n], order[::-1][:n]
+
+
+def evaluate_by_kind(
+    slices: SliceSet, maps: np.ndarray, kinds: dict[str, str], slice_scores=None
+) -> dict[str, dict]:
+    """Summaries over all subjects (``"all"``), then over the subjects of each anomaly kind."""
+    out = {"all": evaluate_maps(slices, maps, slice_scores)[0]}
+    for kind in sorted(set(kinds.values())):
+        ids = [i for i, s in enumerate(slices.subject_ids) if kinds.get(s) == kind]
+        keep = np.isin(slices.subject, ids)
+        if not keep.any():
+            continue
+        scores = None if slice_scores is None else slice_scores[keep]
+        out[kind] = evaluate_maps(slices.take(keep), maps[keep], scores)[0]
+    return out
+
+
+def anomaly_kinds(root: Path) -> dict[str, str]:
+    """Subject → anomaly kind from the ``anomalies.csv`` of a synthetic dataset (folder or
+    datalist beside it); empty for other data."""
+    folder = root.parent if root.is_file() else root
+    path = folder / "anomalies.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        return {row["subject"]: row["kind"] for row in csv.DictReader(fh)}

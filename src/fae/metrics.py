@@ -318,3 +318,17 @@ class PixelMetrics:
         occupied = np.flatnonzero(self._counts.any(axis=1))
         edges = _key_to_float(occupied.astype(np.uint32) << np.uint32(self._shift))
         return _summarize(edges, self._counts[occupied, 1], self._counts[occupied, 0], max_fpr)
+
+    def pr_curve(self, n_points: int = 100) -> dict[str, list[float]]:
+        """Precision and recall at up to ``n_points`` thresholds spread over the score bins,
+        from the highest threshold down (for plots; the metrics above use every bin)."""
+        occupied = np.flatnonzero(self._counts.any(axis=1))[::-1]
+        tp = np.cumsum(self._counts[occupied, 1].astype(np.float64))
+        fp = np.cumsum(self._counts[occupied, 0].astype(np.float64))
+        if not tp.size or tp[-1] == 0:
+            return {"recall": [], "precision": []}
+        pick = np.unique(np.linspace(0, tp.size - 1, n_points).round().astype(int))
+        return {
+            "recall": [round(float(v), 5) for v in tp[pick] / tp[-1]],
+            "precision": [round(float(v), 5) for v in tp[pick] / (tp[pick] + fp[pick])],
+        }

@@ -23,7 +23,7 @@ from fae.data.preprocess import PreparedVolume, prepare_volume, restore_volume
 from fae.data.volume import NiftiSource, Source, Volume
 from fae.errors import FaeInputError
 from fae.io import atomic_path, save_nifti
-from fae.model import FAE
+from fae.methods.base import AnomalyMethod
 from fae.viz import save_overlay
 
 SCORE_COLUMNS = (
@@ -95,7 +95,7 @@ def collect_scans(
 
 
 def predict_scans(
-    estimator: FAE,
+    estimator: AnomalyMethod,
     scans: Sequence[Scan],
     out: Path,
     fpr: float = 0.05,
@@ -159,7 +159,7 @@ def predict_scans(
     return rows, failures
 
 
-def _thresholds(estimator: FAE, fpr: float) -> tuple[float, float]:
+def _thresholds(estimator: AnomalyMethod, fpr: float) -> tuple[float, float]:
     calibration = getattr(estimator, "calibration_", None)
     if not calibration:
         raise FaeInputError(
@@ -172,7 +172,7 @@ def _thresholds(estimator: FAE, fpr: float) -> tuple[float, float]:
     return float(calibration["pixel"][key]), float(calibration["slice"][key])
 
 
-def _load(scan: Scan, estimator: FAE, reference: dict) -> _Loaded:
+def _load(scan: Scan, estimator: AnomalyMethod, reference: dict) -> _Loaded:
     volume = scan.image.load()
     brainmask = scan.brainmask.load() if scan.brainmask is not None else None
     prepared = prepare_volume(volume, None, brainmask, estimator.prep)
@@ -188,7 +188,7 @@ def _load(scan: Scan, estimator: FAE, reference: dict) -> _Loaded:
 
 
 def _write_scan(
-    estimator: FAE,
+    estimator: AnomalyMethod,
     item: _Loaded,
     maps: np.ndarray,
     out: Path,

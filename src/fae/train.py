@@ -1,7 +1,9 @@
-"""The training loop: Adam on the SSIM loss, with exact resume and periodic checkpoints.
+"""The training loop: Adam on a module's loss, with exact resume and periodic checkpoints.
 
-Frozen features are computed once and reused when the extractor's BatchNorm is frozen (then
-they are a pure function of the slice); with ``train_batchnorm`` they are recomputed per batch.
+Works for any :class:`~fae.nn.module.MapModule` (its ``features``, ``training_step`` and
+optimisers). Features are computed once and reused when
+they are a fixed function of the slice (e.g. the FAE's extractor with frozen BatchNorm); else
+(``train_batchnorm``) they are recomputed per batch.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fae.config import FAEConfig
-from fae.nn.fae import StructuralFAE
+from fae.config import TrainingConfig
+from fae.nn.module import MapModule
 
 
 class EpochSampler:
@@ -50,13 +52,13 @@ class TrainState:
     """What a checkpoint needs to continue training exactly where it stopped."""
 
     step: int
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]
     sampler: EpochSampler
 
     def state_dict(self) -> dict:
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -65,18 +67,19 @@ class TrainState:
 
 @torch.no_grad()
 def compute_features(
-    model: StructuralFAE, images: Tensor, device: torch.device, desc: str
+    model: MapModule, images: Tensor, device: torch.device, desc: str, progress: bool = True
 ) -> Tensor:
     """Frozen features of (N, 1, H, W) images, in eval mode, kept on ``device`` when it is a GPU."""
-    model.extractor.eval()
+    model.eval()
     out = []
-    for start in tqdm(range(0, len(images), 64), desc=desc, unit="batch", leave=False):
+    starts = range(0, len(images), 64)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
         out.append(model.features(images[start : start + 64].to(device)))
     return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
-def validation_loss(model: StructuralFAE, features: Tensor, device: torch.device) -> float:
+def validation_loss(model: MapModule, features: Tensor, device: torch.device) -> float:
     """Mean SSIM loss over validation features, in eval mode."""
     model.eval()
     total = 0.0
@@ -87,8 +90,8 @@ def validation_loss(model: StructuralFAE, features: Tensor, device: torch.device
 
 
 def train(
-    model: StructuralFAE,
-    config: FAEConfig,
+    model: MapModule,
+    config: TrainingConfig,
     train_images: Tensor,
     val_images: Tensor | None,
     device: torch.device,
@@ -97,7 +100,8 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> TrainState:
-    """Train ``model.autoencoder`` for ``config.steps`` steps on (N, 1, H, W) healthy slices.
+    """Train ``model.trainable_parameters()`` for ``config.steps`` steps on (N, 1, H, W)
+    healthy slices.
 
     ``resume`` is a saved :meth:`TrainState.state_dict` (the model weights already loaded):
     training continues from its step with the same batches and dropout masks as an uninterrupted
@@ -106,25 +110,30 @@ def train(
     last periodic checkpoint.
     """
     model.to(device)
-    optimizer = torch.optim.Adam(model.autoencoder.parameters(), lr=config.lr)
+    optimizers = model.configure_optimizers(config.lr)
     sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
-    state = TrainState(0, optimizer, sampler)
+    state = TrainState(0, optimizers, sampler)
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
+        # checkpoints before multi-optimiser methods hold one "optimizer"
+        saved = resume["optimizers"] if "optimizers" in resume else [resume["optimizer"]]
+        for optimizer, optimizer_state in zip(optimizers, saved, strict=True):
+            optimizer.load_state_dict(optimizer_state)
         sampler.load_state_dict(resume["sampler"])
         state.step = int(resume["step"])
         if state.step >= config.steps:  # a finished run: nothing to compute
             return state
     cached = None
-    if resume is None and model.standardize_features:
-        raw = compute_features(model, train_images, device, "features")  # identity statistics
+    if resume is None and getattr(model, "standardize_features", False):
+        raw = compute_features(
+            model, train_images, device, "features", progress
+        )  # identity statistics
         model.fit_feature_stats(raw)
-        cached = None if config.train_batchnorm else model.standardize(raw)
-    elif not config.train_batchnorm:
-        cached = compute_features(model, train_images, device, "features")
+        cached = model.standardize(raw) if model.cache_features else None
+    elif model.cache_features:
+        cached = compute_features(model, train_images, device, "features", progress)
     val_features = None
     if val_images is not None and len(val_images):
-        val_features = compute_features(model, val_images, device, "val features")
+        val_features = compute_features(model, val_images, device, "val features", progress)
     # The random state is restored last, after anything above that might draw from it.
     if resume is not None:
         torch.set_rng_state(resume["torch_rng"])
@@ -150,12 +159,8 @@ def train(
                 features = cached[idx.to(cached.device)].to(device)
             else:
                 features = model.features(train_images[idx].to(device))
-            loss = model.loss(features)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            last_loss = model.training_step(features, optimizers, state.step)
             state.step += 1
-            last_loss = loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
             step = state.step

@@ -22,9 +22,10 @@ from fae.data.discover import Dataset, Subject, discover
 from fae.data.preprocess import PrepConfig
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
 from fae.errors import FaeInputError
-from fae.evaluation import best_and_worst_slices
+from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind
 from fae.io import atomic_path
-from fae.model import FAE
+from fae.methods.base import AnomalyMethod, load_method
+from fae.methods.registry import method_class
 from fae.viz import save_slice_figure
 
 
@@ -42,13 +43,15 @@ def train_run(
     cache_dir: Path | None = None,
     device: str = "auto",
     progress: bool = True,
-) -> FAE:
-    """Train a Feature-Autoencoder on the healthy slices of ``data``'s training subjects."""
+    method: str = "fae",
+) -> AnomalyMethod:
+    """Train ``method`` (default: the Feature-Autoencoder) on the healthy slices of ``data``'s
+    training subjects."""
     if (out / "checkpoint.pt").exists():
         raise FaeInputError(
             out, "already holds a run: resume it with --resume, or choose a new --out"
         )
-    estimator = FAE(prep=prep, device=device, progress=progress, **params)
+    estimator = method_class(method)(prep=prep, device=device, progress=progress, **params)
     estimator.build()  # fail fast (e.g. missing ImageNet weights) before preparing data
     dataset = discover(data, channels)
     splits = split_subjects(dataset, test_fraction, val_fraction, split_seed)
@@ -66,12 +69,12 @@ def train_run(
     return estimator.fit(train, val, run_dir=out)
 
 
-def resume_run(run: Path, cache_dir: Path | None = None, progress: bool = True) -> FAE:
+def resume_run(run: Path, cache_dir: Path | None = None, progress: bool = True) -> AnomalyMethod:
     """Continue the interrupted run in ``run`` with the data and split it was started with."""
-    estimator = FAE.load(run, progress=progress)
+    estimator = load_method(run, progress=progress)
     dataset = discover(Path(estimator.meta["data"]), estimator.meta.get("channels"))
     train, val = _training_slices(dataset, estimator, cache_dir, progress)
-    return FAE.resume(run, train, val, progress=progress)
+    return type(estimator).resume(run, train, val, progress=progress)
 
 
 def evaluate_run(
@@ -88,7 +91,7 @@ def evaluate_run(
     ``subjects``: ``"test"`` (the run's test split), ``"all"``, or ``"auto"`` (the run's test
     split when ``data`` is the data it was trained on, else every subject).
     """
-    estimator = FAE.load(run, device=device, progress=progress)
+    estimator = load_method(run, device=device, progress=progress)
     meta = estimator.meta
     dataset = discover(data, meta.get("channels"))
     ids = _evaluation_subjects(dataset, meta, subjects, data)
@@ -99,6 +102,14 @@ def evaluate_run(
     maps = estimator.predict(slices)
     seconds = time.perf_counter() - started
     summary, per_subject = estimator.evaluate(slices, maps)
+    kinds = anomaly_kinds(dataset.root)
+    if kinds:  # synthetic data: the same metrics per anomaly kind
+        by_kind = evaluate_by_kind(slices, maps, kinds, estimator.slice_scores(maps, slices.masks))
+        summary["by_kind"] = {
+            k: {m: v for m, v in d.items() if m != "pr_curve"}
+            for k, d in by_kind.items()
+            if k != "all"
+        }
     summary.update(
         run=str(run),
         data=str(data),
@@ -137,7 +148,7 @@ def calibrate_run(
     is rewritten atomically, everything else in it kept; ``calibration.json`` is written beside.
     """
     path = run / "checkpoint.pt" if run.is_dir() else run
-    estimator = FAE.load(path, device=device, progress=progress)
+    estimator = load_method(path, device=device, progress=progress)
     modality = estimator.meta.get("modality")
     dataset = discover(data, estimator.meta.get("channels"))
     if modality not in dataset.modalities:
@@ -180,7 +191,7 @@ def save_best_and_worst(
 
 
 def _training_slices(
-    dataset: Dataset, estimator: FAE, cache_dir: Path | None, progress: bool
+    dataset: Dataset, estimator: AnomalyMethod, cache_dir: Path | None, progress: bool
 ) -> tuple[SliceSet, SliceSet]:
     meta = estimator.meta
     splits = meta["splits"]

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fae.nn.autoencoder import DEFAULT_HIDDEN, FeatureAutoencoder
 from fae.nn.backbones import FeatureExtractor
+from fae.nn.module import MapModule
 from fae.nn.ssim import ssim_map
 
 
-class StructuralFAE(nn.Module):
+class StructuralFAE(MapModule):
     """Frozen CNN features of a slice, reconstructed by a convolutional autoencoder.
 
     Shapes for a 128×128 input with the default ResNet-18 layers:
@@ -47,6 +48,15 @@ class StructuralFAE(nn.Module):
         # Per-channel statistics of the training features (identity until fitted).
         self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
+
+    @property
+    def cache_features(self) -> bool:
+        """Features are a fixed function of the slice (frozen BatchNorm): compute them once."""
+        return not self.extractor.train_batchnorm
+
+    def trainable_parameters(self):
+        """Only the autoencoder learns; the extractor stays frozen."""
+        return self.autoencoder.parameters()
 
     def features(self, x: Tensor) -> Tensor:
         """(N, 1, H, W) slices in [0, 1] → (N, C, H/4, W/4) frozen features (standardised per

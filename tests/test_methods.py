@@ -1,0 +1,188 @@
+"""Every method on tiny data: fit, maps, checkpoint round trip, exact resume; ``fae benchmark``."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fae.benchmark import method_params, summarize
+from fae.data.preprocess import PrepConfig
+from fae.data.synthetic import make_synthetic
+from fae.errors import FaeInputError
+from fae.methods.base import AnomalyMethod, load_method
+from fae.methods.registry import METHODS, method_class
+
+PREP = PrepConfig(size=64)
+TINY = {
+    "random": {},
+    "threshold": {},
+    "bm": {},
+    "ae-mse": {"hidden": [8, 16], "latent": 16, "batch_size": 8, "steps": 4},
+    "ae-ssim": {"hidden": [8, 16], "latent": 16, "batch_size": 8, "steps": 4},
+    "vae": {"hidden": [8, 16], "latent": 16, "batch_size": 8, "steps": 4},
+    "fanogan": {"dim": 4, "latent": 8, "batch_size": 8, "steps": 4, "gan_steps": 2},
+    "dfr": {"backbone": "efficientnet-lite0", "latent": 8, "batch_size": 4, "steps": 4},
+    "fae": {
+        "backbone": "efficientnet-lite0",
+        "hidden": [8, 16],
+        "batch_size": 8,
+        "steps": 4,
+        "train_batchnorm": False,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def slices():
+    """Healthy training-like slices: a bright disc with texture on a dark background."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:64, :64]
+    disc = (x - 32) ** 2 + (y - 32) ** 2 < 26**2
+    images = np.where(disc, 0.5 + 0.1 * rng.standard_normal((30, 64, 64)), 0.0)
+    return np.clip(images, 0, 1).astype(np.float32)
+
+
+def test_registry_knows_every_method_in_the_issue():
+    assert set(METHODS) == set(TINY)
+    for name in METHODS:
+        cls = method_class(name)
+        assert issubclass(cls, AnomalyMethod) and cls.name == name and cls.__doc__
+    with pytest.raises(FaeInputError, match="unknown method 'nope'"):
+        method_class("nope")
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_method_fits_maps_and_round_trips(name, slices, tmp_path):
+    est = method_class(name)(prep=PREP, progress=False, **TINY[name])
+    est.fit(slices[:24], slices[24:], run_dir=tmp_path / "run")
+    maps = est.predict(slices[:4])
+    assert maps.shape == (4, 64, 64) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and not maps[slices[:4] == 0].any(), "0 outside the brain"
+    pixel = est.calibration_["pixel"]
+    assert pixel["0.001"] >= pixel["0.01"] >= pixel["0.05"]
+    # the run folder's checkpoint loads safely, as the right class, with the same maps
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["kind"] == name
+    loaded = load_method(tmp_path / "run", progress=False)
+    assert type(loaded) is type(est)
+    np.testing.assert_allclose(loaded.predict(slices[:4]), maps, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ae-ssim", "vae", "fanogan", "dfr"])
+def test_resume_gives_identical_weights(name, slices, tmp_path):
+    cls = method_class(name)
+    params = {**TINY[name], "steps": 6, "checkpoint_every": 3}
+    if name == "fanogan":
+        params["gan_steps"] = 2  # stopped and resumed in the encoder phase
+    full = cls(prep=PREP, progress=False, **params).fit(slices[:24], slices[24:])
+    short = cls(prep=PREP, progress=False, **{**params, "steps": 3})
+    short.fit(slices[:24], slices[24:], run_dir=tmp_path / "run")
+    # pretend the run was configured for 6 steps and stopped at 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["steps"] = 6
+    del ckpt["calibration"]
+    torch.save(ckpt, tmp_path / "run" / "checkpoint.pt")
+    resumed = cls.resume(tmp_path / "run", slices[:24], slices[24:], progress=False)
+    assert resumed.step_ == 6
+    resumed_state = resumed.model_.state_dict()
+    for key, value in full.model_.state_dict().items():
+        assert torch.equal(value, resumed_state[key]), key
+
+
+def test_bm_is_the_per_pixel_z_score(slices):
+    est = method_class("bm")(prep=PREP, progress=False).fit(slices[:24])
+    mean = slices[:24].astype(np.float64).mean(axis=0)
+    std = slices[:24].astype(np.float64).std(axis=0, ddof=1) + 1e-7
+    expected = np.where(slices[24] > 0, np.abs(slices[24] - mean) / std, 0)
+    np.testing.assert_allclose(est.predict(slices[24:25])[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_random_maps_do_not_depend_on_batching(slices):
+    est = method_class("random")(prep=PREP, progress=False).fit(slices[:4])
+    np.testing.assert_array_equal(
+        est.predict(slices[:6], batch_size=2), est.predict(slices[:6], batch_size=6)
+    )
+
+
+def test_vae_map_is_the_kl_gradient_weighted_residual(slices):
+    est = method_class("vae")(prep=PREP, progress=False, **TINY["vae"]).fit(slices[:24])
+    x = torch.from_numpy(slices[24:26])[:, None]
+    module = est.model_.eval()
+    x_grad = x.clone().requires_grad_(True)
+    reconstruction, mu, logvar = module.reconstruct(x_grad)
+    (grad,) = torch.autograd.grad(module.kl(mu, logvar).sum(), x_grad)
+    assert grad.abs().sum() > 0
+    maps = est.predict(slices[24:26])
+    residual = ((x - reconstruction.detach()) ** 2)[:, 0].numpy()
+    assert (maps <= residual * 1.0001 + 1e-7).all(), "the weight lies in [0, 1]"
+
+
+def test_method_params_give_fanogan_half_the_budget_and_overrides_win():
+    assert method_params("fanogan", 3, 100, {}) == {"seed": 3, "steps": 100, "gan_steps": 50}
+    assert method_params("threshold", 1, 100, {}) == {"seed": 1}
+    assert method_params("fae", 0, 100, {"steps": 7, "lr": 1e-3}) == {
+        "seed": 0,
+        "steps": 7,
+        "lr": 1e-3,
+    }
+
+
+def test_summary_welch_test_against_fae():
+    def run(ap):
+        return {"pixel_ap": ap, "dice_at_fpr": ap, "best_dice": ap, "slice_auroc": ap}
+
+    summary = summarize(
+        {"fae": [run(0.5), run(0.52), run(0.51)], "threshold": [run(0.2), run(0.21), run(0.19)]}
+    )
+    assert summary["fae"]["pixel_ap"]["mean"] == pytest.approx(0.51)
+    assert summary["threshold"]["pixel_ap"]["std"] == pytest.approx(0.01)
+    assert summary["threshold"]["welch_p_vs_fae"]["pixel_ap"] < 1e-3
+    assert "welch_p_vs_fae" not in summary["fae"]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "data"
+    kinds = ("hyperintense", "hypointense")
+    make_synthetic(out, 6, seed=3, modalities=("t1",), resolution_mm=2, kinds=kinds, progress=False)
+    return out / "datalist.csv"
+
+
+def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        '[fae]\nbackbone = "efficientnet-lite0"\nhidden = [8, 16]\nbatch_size = 8\n'
+        "train_batchnorm = false\n"
+        "[ae-mse]\nhidden = [8, 16]\nlatent = 16\nbatch_size = 8\n"
+    )
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable, "-m", "fae", "benchmark", "--data", tiny_synthetic, "--out", out,
+        "--methods", "fae,threshold,ae-mse", "--seeds", "2", "--steps", "2",
+        "--config", config, "--size", "64", "--cache-dir", tmp_path / "cache",
+    ]  # fmt: skip
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"fae", "threshold", "ae-mse"}
+    assert results["fae"]["seeds"] == 2 and len(results["fae"]["pixel_ap"]["values"]) == 2
+    assert set(results["fae"]["by_kind"]) == {"hyperintense", "hypointense"}
+    assert "welch_p_vs_fae" in results["threshold"]
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["fae", "threshold", "ae-mse"]
+    markdown = (out / "results.md").read_text()
+    assert "| fae | 2 |" in markdown and "hypointense" in markdown
+    for figure in ("bars.png", "pr_curves.png"):
+        assert (out / figure).stat().st_size > 10_000
+    metrics = json.loads((out / "runs/fae/seed1/eval/metrics.json").read_text())
+    assert metrics["steps"] == 2
+    # a second invocation redoes nothing
+    stamp = (out / "runs/fae/seed0/checkpoint.pt").stat().st_mtime_ns
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "== fae" not in r.stdout, r.stdout
+    assert (out / "runs/fae/seed0/checkpoint.pt").stat().st_mtime_ns == stamp
