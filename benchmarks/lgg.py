@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the split is fixed)")
     args = parser.parse_args()
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -59,11 +60,13 @@ def main() -> None:
             results[key] = threshold_baseline(data, modality, cache)
             save(results, args.out)
         for variant in args.variants.split(","):
-            key = f"{name}/{variant}"
+            label = variant if args.seed == 0 else f"{variant}-seed{args.seed}"
+            key = f"{name}/{label}"
             if key in results:
                 continue
+            params = {**VARIANTS[variant], "seed": args.seed}
             results[key] = run_fae(
-                data, modality, args.out / name / variant, VARIANTS[variant], args.steps, cache
+                data, modality, args.out / name / label, params, args.steps, cache
             )
             save(results, args.out)
     print((args.out / "results.md").read_text())

@@ -186,3 +186,27 @@ def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp
     r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "== fae" not in r.stdout, r.stdout
     assert (out / "runs/fae/seed0/checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_train_and_evaluate_any_method_from_the_command_line(tiny_synthetic, tmp_path):
+    def fae(*args):
+        cmd = [sys.executable, "-m", "fae", *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+    cache = tmp_path / "cache"
+    run = tmp_path / "run"
+    r = fae("train", "--method", "bm", "--data", tiny_synthetic, "--out", run, "--size", "64",
+            "--cache-dir", cache)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["method"] == "bm"
+    r = fae("evaluate", "--run", run, "--data", tiny_synthetic, "--out", tmp_path / "eval",
+            "--cache-dir", cache)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["pixel_ap"] <= 1 and set(metrics["by_kind"]) == {
+        "hyperintense",
+        "hypointense",
+    }
+    r = fae("train", "--method", "ae-mse", "--backbone", "resnet18", "--data", tiny_synthetic,
+            "--out", tmp_path / "bad")  # fmt: skip
+    assert r.returncode == 2 and "unknown setting(s) backbone" in r.stderr

@@ -250,6 +250,11 @@ def test_calibrate_on_other_healthy_scans(tiny_run, tmp_path):
     assert ckpt["step"] == before["step"] and "train_state" in ckpt
     saved = json.loads((run / "calibration.json").read_text())
     assert saved["pixel"] == ckpt["calibration"]["pixel"]
+    r = fae("calibrate", "--run", run, "--data", tiny_run / "data" / "datalist.csv",
+            "--subjects", "val", "--no-cache")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    again = torch.load(run / "checkpoint.pt", weights_only=True)["calibration"]
+    assert again["pixel"] == before["calibration"]["pixel"], "the run's own validation slices"
     r = fae("calibrate", "--run", run, "--data", tmp_path / "nowhere")
     assert r.returncode == 2 and "nowhere" in r.stderr
 

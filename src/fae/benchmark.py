@@ -61,10 +61,9 @@ def run_benchmark(
     if seeds < 1:
         raise FaeInputError(None, f"--seeds must be at least 1, got {seeds}")
     split = split or {}
-    runs: dict[str, list[dict]] = {}
-    for method in methods:
-        runs[method] = []
-        for seed in range(seeds):
+    runs: dict[str, list[dict]] = {method: [] for method in methods}
+    for seed in range(seeds):  # seed by seed, so an early stop leaves every method comparable
+        for method in methods:
             run = out / "runs" / method / f"seed{seed}"
             metrics_path = run / "eval" / "metrics.json"
             if not metrics_path.exists():
@@ -76,6 +75,7 @@ def run_benchmark(
                 )
                 evaluate_run(run, data, run / "eval", "test", cache_dir, device, progress)
             runs[method].append(json.loads(metrics_path.read_text()))
+        write_summary(summarize(runs), runs, out)  # partial tables while later seeds run
     summary = summarize(runs)
     write_summary(summary, runs, out)
     return summary

@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="recompute a run's thresholds on your healthy scans")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="healthy scans: folder or datalist")
+    p.add_argument(
+        "--subjects",
+        choices=["all", "val"],
+        default="all",
+        help="all subjects of --data (default), or the run's own validation subjects",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--no-cache", action="store_true")
@@ -397,7 +403,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fae.workflow import calibrate_run
 
-    calibration = calibrate_run(args.run, args.data, cache_dir_from_args(args), args.device)
+    calibration = calibrate_run(
+        args.run, args.data, cache_dir_from_args(args), args.device, subjects=args.subjects
+    )
     print(f"calibrated on {calibration['n_slices']} healthy slices of {args.data}")
     for fpr, t in calibration["pixel"].items():
         print(

@@ -141,11 +141,14 @@ def calibrate_run(
     cache_dir: Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    subjects: str = "all",
 ) -> dict:
     """Recompute a run's thresholds (and intensity reference) on the healthy scans in ``data``.
 
-    Slices with lesion voxels (where ``data`` has segmentations) are left out. The checkpoint
-    is rewritten atomically, everything else in it kept; ``calibration.json`` is written beside.
+    Slices with lesion voxels (where ``data`` has segmentations) are left out. ``subjects``:
+    ``"all"``, or ``"val"`` for the run's own validation subjects (e.g. to calibrate a run
+    trained before calibration existed). The checkpoint is rewritten atomically, everything
+    else in it kept; ``calibration.json`` is written beside.
     """
     path = run / "checkpoint.pt" if run.is_dir() else run
     estimator = load_method(path, device=device, progress=progress)
@@ -153,12 +156,19 @@ def calibrate_run(
     dataset = discover(data, estimator.meta.get("channels"))
     if modality not in dataset.modalities:
         modality = _single_modality(dataset, modality)
-    slices = prepare_dataset(dataset, modality, estimator.prep, cache_dir, None, progress)
+    ids = [s.id for s in dataset.subjects]
+    if subjects == "val":
+        wanted = set(estimator.meta.get("splits", {}).get("val", []))
+        ids = [i for i in ids if i in wanted]
+        if not ids:
+            raise FaeInputError(data, "none of the run's validation subjects are in this dataset")
+    elif subjects != "all":
+        raise FaeInputError(None, f"--subjects must be all or val, got {subjects!r}")
+    slices = prepare_dataset(dataset, modality, estimator.prep, cache_dir, ids, progress)
     slices = slices.lesion_free()
     if not slices.masks.any():
         raise FaeInputError(data, "no healthy brain slices to calibrate on")
     calibration = estimator.calibrate(slices, str(Path(data).resolve()))
-    ids = [s.id for s in dataset.subjects]
     reference = _intensity_reference(dataset, ids, modality, progress)
     payload = load_checkpoint(path)
     payload["calibration"] = calibration
