@@ -123,6 +123,8 @@ def test_vae_map_is_the_kl_gradient_weighted_residual(slices):
 
 def test_method_params_give_fanogan_half_the_budget_and_overrides_win():
     assert method_params("fanogan", 3, 100, {}) == {"seed": 3, "steps": 100, "gan_steps": 50}
+    assert method_params("fanogan", 0, None, {"steps": 40})["gan_steps"] == 20
+    assert method_params("fanogan", 0, 100, {"gan_steps": 10})["gan_steps"] == 10
     assert method_params("threshold", 1, 100, {}) == {"seed": 1}
     assert method_params("fae", 0, 100, {"steps": 7, "lr": 1e-3}) == {
         "seed": 0,
@@ -210,3 +212,31 @@ def test_train_and_evaluate_any_method_from_the_command_line(tiny_synthetic, tmp
     r = fae("train", "--method", "ae-mse", "--backbone", "resnet18", "--data", tiny_synthetic,
             "--out", tmp_path / "bad")  # fmt: skip
     assert r.returncode == 2 and "unknown setting(s) backbone" in r.stderr
+
+
+def test_checkpoints_hold_only_plain_types(slices, tmp_path):
+    est = method_class("bm")(prep=PREP, progress=False, seed=np.int64(3), lr=np.float32(1e-3))
+    est.fit(slices[:8]).save(tmp_path / "bm.pt")
+    loaded = load_method(tmp_path / "bm.pt", progress=False)  # weights_only=True inside
+    assert loaded.config.seed == 3 and type(loaded.config.seed) is int
+
+
+def test_settings_of_the_wrong_type_are_one_line_errors(tmp_path):
+    from fae.config import FAEConfig, read_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 2e-4\n")  # YAML 1.1 reads this as a string
+    with pytest.raises(FaeInputError, match="wrong type"):
+        FAEConfig.from_dict(read_config_file(path), path)
+
+
+def test_benchmark_refuses_a_folder_run_with_other_settings(tiny_synthetic, tmp_path):
+    from fae.benchmark import run_benchmark
+
+    out = tmp_path / "bench"
+    kwargs = {"prep": PREP, "cache_dir": tmp_path / "cache", "progress": False}
+    run_benchmark(tiny_synthetic, out, ["threshold"], 1, "t1", **kwargs)
+    with pytest.raises(FaeInputError, match="other preprocessing"):
+        run_benchmark(
+            tiny_synthetic, out, ["threshold"], 1, "t1", **{**kwargs, "prep": PrepConfig(size=32)}
+        )

@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -178,8 +179,12 @@ def test_predict_writes_maps_in_each_scans_space(tiny_run, tmp_path):
         assert anomaly.get_data_dtype() == np.float32
         maps[name] = np.asarray(anomaly.dataobj)
         threshold = float(rows[name]["pixel_threshold"])
-        assert int(rows[name]["suspicious_voxels"]) == int(np.sum(maps[name] >= threshold))
-        np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, maps[name] >= threshold)
+        flagged = np.asarray(mask.dataobj) > 0
+        assert int(rows[name]["suspicious_voxels"]) == int(flagged.sum())
+        assert (maps[name][flagged] >= threshold).all(), "the mask is the map at the threshold"
+        near_brain = ndimage.binary_dilation(array != 0, iterations=2)
+        assert not flagged[~near_brain].any(), "only in (and at the edge of) the brain"
+        assert anomaly.header["cal_max"] == 0, "the input's display range is not kept"
         assert (out / f"{name}_overlay.png").stat().st_size > 5000
     assert maps["plain"].max() > 0
     # the flipped/permuted copy gives the same map, voxel for voxel, in its own axes
@@ -276,3 +281,11 @@ def test_predict_real_volume_keeps_its_geometry(tiny_run, tmp_path):
     brain = np.asarray(source.dataobj) != 0
     amap = np.asarray(anomaly.dataobj)
     assert amap[brain].mean() > 0 and not amap[~brain].any(), "map inside the brain only"
+
+
+def test_output_names_stay_unique():
+    from fae.predict import _unique_names
+
+    source = NiftiSource(Path("x.nii.gz"))
+    scans = [Scan(n, source) for n in ("a", "a", "a_2", "b")]
+    assert [s.name for s in _unique_names(scans)] == ["a", "a_2", "a_2_2", "b"]

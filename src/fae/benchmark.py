@@ -50,6 +50,7 @@ def run_benchmark(
     cache_dir: Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    channels: list[str] | None = None,
 ) -> dict:
     """Train and evaluate every method for seeds 0..seeds-1 (skipping finished runs); write
     and return the summary. ``overrides``: per-method settings (e.g. from a TOML table)."""
@@ -61,18 +62,29 @@ def run_benchmark(
     if seeds < 1:
         raise FaeInputError(None, f"--seeds must be at least 1, got {seeds}")
     split = split or {}
+    setup = {
+        "data": data,
+        "modality": modality,
+        "prep": prep,
+        "channels": channels,
+        "test_fraction": split.get("test_fraction", 0.5),
+        "val_fraction": split.get("val_fraction", 0.1),
+        "split_seed": split.get("split_seed", 0),
+        "cache_dir": cache_dir,
+        "device": device,
+        "progress": progress,
+    }
     runs: dict[str, list[dict]] = {method: [] for method in methods}
     for seed in range(seeds):  # seed by seed, so an early stop leaves every method comparable
         for method in methods:
             run = out / "runs" / method / f"seed{seed}"
             metrics_path = run / "eval" / "metrics.json"
+            params = method_params(method, seed, steps, (overrides or {}).get(method, {}))
+            _check_same_settings(run, params, prep)
             if not metrics_path.exists():
                 if progress:
                     print(f"== {method}, seed {seed}: {run}")
-                params = method_params(method, seed, steps, (overrides or {}).get(method, {}))
-                _train_or_resume(
-                    run, data, modality, method, params, prep, split, cache_dir, device, progress
-                )
+                _train_or_resume(run, method, params, setup)
                 evaluate_run(run, data, run / "eval", "test", cache_dir, device, progress)
             runs[method].append(json.loads(metrics_path.read_text()))
         write_summary(summarize(runs), runs, out)  # partial tables while later seeds run
@@ -87,12 +99,30 @@ def method_params(method: str, seed: int, steps: int | None, overrides: dict) ->
     params: dict = {"seed": seed}
     if steps is not None and method_class(method).learns:
         params["steps"] = steps
-        if method == "fanogan":
-            params["gan_steps"] = max(1, steps // 2)
-    return {**params, **overrides}
+    params.update(overrides)
+    if method == "fanogan" and "steps" in params and "gan_steps" not in overrides:
+        params["gan_steps"] = max(1, params["steps"] // 2)
+    return params
 
 
-def _train_or_resume(run, data, modality, method, params, prep, split, cache_dir, device, progress):
+def _check_same_settings(run: Path, params: dict, prep: PrepConfig) -> None:
+    """A run folder from an earlier invocation must have the settings asked for now."""
+    path = run / "config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    for key, value in params.items():
+        if saved.get("model", {}).get(key) != value:
+            old = saved.get("model", {}).get(key)
+            raise FaeInputError(
+                run, f"was run with {key}={old!r}, not {value!r}: use another --out"
+            )
+    if saved.get("prep") != prep.to_dict():
+        raise FaeInputError(run, "was run with other preprocessing: use another --out")
+
+
+def _train_or_resume(run: Path, method: str, params: dict, setup: dict) -> None:
+    """Train the run, or resume it, or nothing if it is finished (trained and calibrated)."""
     checkpoint = run / "checkpoint.pt"
     if checkpoint.exists():
         payload = load_checkpoint(checkpoint)
@@ -103,21 +133,21 @@ def _train_or_resume(run, data, modality, method, params, prep, split, cache_dir
             return
         if "train_state" not in payload:
             raise FaeInputError(checkpoint, "unfinished run without training state: delete it")
-        resume_run(run, cache_dir, progress)
+        resume_run(run, setup["cache_dir"], setup["progress"], setup["device"])
         return
     train_run(
-        data,
+        setup["data"],
         run,
-        modality,
+        setup["modality"],
         params,
-        prep,
-        None,
-        split.get("test_fraction", 0.5),
-        split.get("val_fraction", 0.1),
-        split.get("split_seed", 0),
-        cache_dir=cache_dir,
-        device=device,
-        progress=progress,
+        setup["prep"],
+        setup["channels"],
+        setup["test_fraction"],
+        setup["val_fraction"],
+        setup["split_seed"],
+        cache_dir=setup["cache_dir"],
+        device=setup["device"],
+        progress=setup["progress"],
         method=method,
     )
 
@@ -139,7 +169,13 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         if kinds:
             row["by_kind"] = {
                 kind: {
-                    metric: _mean_std([r["by_kind"][kind][metric] for r in results])
+                    metric: _mean_std(
+                        [
+                            r["by_kind"][kind][metric]
+                            for r in results
+                            if kind in r.get("by_kind", {})
+                        ]
+                    )
                     for metric in METRICS
                 }
                 for kind in kinds

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from fae.data.preprocess import foreground_mask
-from fae.data.volume import Volume
+from fae.data.volume import Volume, check_same_grid
 from fae.errors import FaeInputError
 from fae.metrics import threshold_at_fpr
 
@@ -62,6 +62,8 @@ def calibrate_thresholds(
 
 def intensity_stats(image: Volume, brainmask: Volume | None = None) -> tuple[float, float]:
     """(1st, 99th) percentile of a raw scan's intensities inside its brain (or head) mask."""
+    if brainmask is not None:
+        check_same_grid(image, brainmask, "brain mask")
     mask = brainmask.data > 0 if brainmask is not None else foreground_mask(image.data)
     inside = image.data[mask]
     if inside.size == 0:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pickle
 import platform
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePath
 
+import numpy as np
 import torch
 import torchvision
 
@@ -31,10 +32,25 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(payload: dict, path: Path) -> Path:
-    """Write ``payload`` (plus format and versions) atomically to ``path``."""
+    """Write ``payload`` (plus format and versions) atomically to ``path``; numpy scalars and
+    paths become plain numbers and strings, so that ``weights_only`` loading accepts them."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "versions": versions(), **payload}, tmp)
+        torch.save(_plain({"format": FORMAT, "versions": versions(), **payload}), tmp)
     return path
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -444,6 +444,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             split,
             cache_dir_from_args(args),
             args.device,
+            channels=_channels(args),
         )
     except KeyboardInterrupt:
         print("fae: interrupted; run the same command again to continue", file=sys.stderr)

@@ -62,7 +62,10 @@ class TrainingConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise FaeInputError(source, f"unknown setting(s) {', '.join(unknown)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as err:  # e.g. YAML reads 2e-4 as a string
+            raise FaeInputError(source, f"a setting has the wrong type ({err})") from None
 
 
 @dataclass

@@ -126,11 +126,17 @@ def predict_scans(
         start = 0
         for item in pending:
             n = len(item.prepared.images)
-            rows.append(
-                _write_scan(estimator, item, maps[start : start + n], out, fpr, pixel_t, slice_t)
-            )
-            _save_overlay(item, maps[start : start + n], out, pixel_t, vmax, rows[-1])
+            scan_maps = maps[start : start + n]
             start += n
+            try:
+                row = _write_scan(estimator, item, scan_maps, out, fpr, pixel_t, slice_t)
+                _save_overlay(item, scan_maps, out, pixel_t, vmax, row)
+                rows.append(row)
+            except (OSError, ValueError, RuntimeError) as err:  # e.g. a full disk
+                failures.append((str(item.scan.image), f"cannot write outputs ({err})"))
+                tqdm.write(
+                    f"fae: error: {item.scan.image}: cannot write outputs ({err})", file=sys.stderr
+                )
             bar.update(1)
         pending.clear()
 
@@ -152,10 +158,10 @@ def predict_scans(
             if sum(len(p.prepared.images) for p in pending) >= batch_size:
                 flush()
         flush()
-    finally:
+    finally:  # the scans written so far are listed even if something unexpected stopped us
         bar.close()
         estimator.progress = quiet
-    _write_scores(rows, out / "scores.csv")
+        _write_scores(rows, out / "scores.csv")
     return rows, failures
 
 
@@ -198,10 +204,13 @@ def _write_scan(
 ) -> dict:
     prepared, volume, name = item.prepared, item.volume, item.scan.name
     native = restore_volume(maps, prepared)
-    suspicious = native >= pixel_t
+    brain = restore_volume(prepared.masks.astype(np.float32), prepared) > 0.5
+    suspicious = brain & (native >= pixel_t)
     header = volume.header.copy() if volume.header is not None else None
-    if header is not None:
+    if header is not None:  # the input's scaling and display range do not apply to a map
         header.set_slope_inter(None, None)
+        header["cal_min"] = header["cal_max"] = 0
+        header["descrip"] = b"fae anomaly map"
     save_nifti(native, volume.affine, out / f"{name}_anomaly.nii.gz", header)
     save_nifti(suspicious.astype(np.uint8), volume.affine, out / f"{name}_mask.nii.gz", header)
     scores = estimator.slice_scores(maps, prepared.masks)
@@ -256,11 +265,13 @@ def _write_scores(rows: list[dict], path: Path) -> None:
 
 def _unique_names(scans: list[Scan]) -> list[Scan]:
     """Make output names unique: a repeated name gets ``_2``, ``_3``... appended."""
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     unique = []
     for scan in scans:
-        count = seen.get(scan.name, 0) + 1
-        seen[scan.name] = count
-        name = scan.name if count == 1 else f"{scan.name}_{count}"
+        name, count = scan.name, 1
+        while name in used:
+            count += 1
+            name = f"{scan.name}_{count}"
+        used.add(name)
         unique.append(Scan(name, scan.image, scan.brainmask, scan.modality))
     return unique

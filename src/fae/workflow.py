@@ -54,6 +54,7 @@ def train_run(
     estimator = method_class(method)(prep=prep, device=device, progress=progress, **params)
     estimator.build()  # fail fast (e.g. missing ImageNet weights) before preparing data
     dataset = discover(data, channels)
+    dataset.require_modality(modality)
     splits = split_subjects(dataset, test_fraction, val_fraction, split_seed)
     if not splits["train"]:
         raise FaeInputError(data, "no training subjects after the split")
@@ -69,12 +70,14 @@ def train_run(
     return estimator.fit(train, val, run_dir=out)
 
 
-def resume_run(run: Path, cache_dir: Path | None = None, progress: bool = True) -> AnomalyMethod:
+def resume_run(
+    run: Path, cache_dir: Path | None = None, progress: bool = True, device: str = "auto"
+) -> AnomalyMethod:
     """Continue the interrupted run in ``run`` with the data and split it was started with."""
-    estimator = load_method(run, progress=progress)
+    estimator = load_method(run, device=device, progress=progress)
     dataset = discover(Path(estimator.meta["data"]), estimator.meta.get("channels"))
     train, val = _training_slices(dataset, estimator, cache_dir, progress)
-    return type(estimator).resume(run, train, val, progress=progress)
+    return type(estimator).resume(run, train, val, progress=progress, device=device)
 
 
 def evaluate_run(

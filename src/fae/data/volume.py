@@ -103,7 +103,15 @@ def load_nifti(path: str | Path) -> Volume:
     try:
         image = nib.load(path)
         data = np.asarray(image.dataobj, dtype=np.float32)
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        zlib.error,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+    ) as err:
         raise FaeInputError(path, f"cannot read NIfTI image ({_one_line(err)})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

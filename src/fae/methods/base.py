@@ -102,12 +102,18 @@ class AnomalyMethod:
         return self._train(train_slices, val_slices, run_dir, resume=None)
 
     @classmethod
-    def resume(cls, run_dir: Path, train_slices, val_slices=None, progress: bool = True):
+    def resume(
+        cls,
+        run_dir: Path,
+        train_slices,
+        val_slices=None,
+        progress: bool = True,
+        device: str = "auto",
+    ):
         """Continue an interrupted run from ``run_dir/checkpoint.pt`` to its configured steps."""
         payload = load_checkpoint(run_dir / "checkpoint.pt")
-        est = _class_of(payload, run_dir / "checkpoint.pt")._from_payload(
-            payload, progress=progress
-        )
+        found = _class_of(payload, run_dir / "checkpoint.pt")
+        est = found._from_payload(payload, device=device, progress=progress)
         if "train_state" not in payload:
             raise FaeInputError(run_dir / "checkpoint.pt", "holds no training state to resume")
         return est._train(train_slices, val_slices, run_dir, resume=payload["train_state"])
@@ -155,8 +161,10 @@ class AnomalyMethod:
         if finished_before and hasattr(self, "calibration_"):
             return self
         has_val = val_slices is not None and len(val_slices) > 0
-        source = "validation" if has_val else "train"
-        self.calibrate(val_slices if has_val else train_slices, source)
+        healthy = val_slices if has_val else train_slices
+        if isinstance(healthy, SliceSet):  # thresholds come from healthy slices only
+            healthy = healthy.lesion_free()
+        self.calibrate(healthy, "validation" if has_val else "train")
         if run_dir is not None:
             save_checkpoint(self._payload(state), run_dir / "checkpoint.pt")
         return self
