@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fae.config import TrainingConfig
+from fae.errors import FaeInputError
 from fae.nn.module import MapModule
 
 
@@ -43,6 +44,12 @@ class EpochSampler:
         return {"generator": self.generator.get_state(), "perm": self.perm, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
+        if len(state["perm"]) != self.n:
+            raise FaeInputError(
+                None,
+                f"the run was trained on {len(state['perm'])} slices, the data now gives "
+                f"{self.n}: the training data changed, so the run cannot resume exactly",
+            )
         self.generator.set_state(state["generator"])
         self.perm, self.cursor = state["perm"], int(state["cursor"])
 

@@ -327,7 +327,12 @@ def _start_log(path: Path, keep_until: int) -> None:
     rows = []
     if keep_until and path.exists():
         with path.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
+            for row in csv.DictReader(fh):
+                try:  # a killed process may have left half a line
+                    if int(row["step"]) <= keep_until:
+                        rows.append(row)
+                except (TypeError, ValueError):
+                    continue
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, LOG_COLUMNS)
         writer.writeheader()
