@@ -8,8 +8,6 @@ The shared machinery is :class:`fae.methods.base.AnomalyMethod`.
 
 from __future__ import annotations
 
-import torch
-
 from fae.config import FAEConfig
 from fae.methods.base import AnomalyMethod, resolve_device
 from fae.nn.fae import StructuralFAE
@@ -28,7 +26,6 @@ class FAE(AnomalyMethod):
 
     def build(self, load_weights: bool = True) -> StructuralFAE:
         c = self.config
-        torch.manual_seed(c.seed)
         weights = c.weights if load_weights else None
         return StructuralFAE(
             c.backbone,

@@ -173,7 +173,6 @@ class AEMSE(AnomalyMethod):
     config_class = AEConfig
 
     def build(self, load_weights: bool = True) -> MapModule:
-        torch.manual_seed(self.config.seed)
         return _AEMSEModule(self.prep.size, self.config.hidden, self.config.latent)
 
 
@@ -185,7 +184,6 @@ class AESSIM(AnomalyMethod):
 
     def build(self, load_weights: bool = True) -> MapModule:
         c = self.config
-        torch.manual_seed(c.seed)
         return _AESSIMModule(
             self.prep.size, c.hidden, c.latent, window=c.ssim_window, sigma=c.ssim_sigma
         )
@@ -199,5 +197,4 @@ class VAE(AnomalyMethod):
 
     def build(self, load_weights: bool = True) -> MapModule:
         c = self.config
-        torch.manual_seed(c.seed)
         return _VAEModule(self.prep.size, c.hidden, c.latent, kl_weight=c.kl_weight)

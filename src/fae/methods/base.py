@@ -77,8 +77,9 @@ class AnomalyMethod:
         self.meta: dict = {}
 
     def build(self, load_weights: bool = True) -> nn.Module:
-        """A fresh, untrained module for this config (seeded); ``load_weights=False`` skips
-        loading pretrained weights (when a checkpoint will provide them)."""
+        """A fresh, untrained module for this config (``fit`` seeds torch first);
+        ``load_weights=False`` skips loading pretrained weights (when a checkpoint will provide
+        them)."""
         raise NotImplementedError
 
     def fit_statistics(self, images: torch.Tensor) -> None:
@@ -98,6 +99,7 @@ class AnomalyMethod:
         (every ``checkpoint_every`` steps and at the end); :meth:`resume` continues such a run.
         The healthy ``val_slices`` (else the training slices) calibrate the thresholds.
         """
+        torch.manual_seed(self.config.seed)  # the initial weights depend on the seed only
         self.model_ = self.build()
         return self._train(train_slices, val_slices, run_dir, resume=None)
 

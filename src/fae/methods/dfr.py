@@ -80,6 +80,5 @@ class DFR(AnomalyMethod):
 
     def build(self, load_weights: bool = True) -> MapModule:
         c = self.config
-        torch.manual_seed(c.seed)
         weights = c.weights if load_weights else None
         return _DFRModule(FeatureExtractor(c.backbone, c.layers, weights, False), c.latent)

@@ -199,5 +199,4 @@ class FAnoGAN(AnomalyMethod):
     config_class = FAnoGANConfig
 
     def build(self, load_weights: bool = True) -> MapModule:
-        torch.manual_seed(self.config.seed)
         return _FAnoGANModule(self.prep.size, self.config)
