@@ -117,6 +117,14 @@ def test_deterministic_and_independent_of_size(dataset: Path, tmp_path: Path) ->
     assert not np.array_equal(other_seed.images["t1"], alone.images["t1"])
 
 
+def test_workers_write_the_same_dataset(dataset: Path, tmp_path: Path) -> None:
+    parallel = make_synthetic(tmp_path / "six", 6, seed=0, progress=False, workers=2, **SETTINGS)
+    for name in ("datalist.csv", "anomalies.csv"):
+        assert (parallel / name).read_text() == (dataset / name).read_text()
+    for file in sorted(dataset.glob("*.nii.gz")):
+        np.testing.assert_array_equal(_load(parallel / file.name), _load(file))
+
+
 def test_existing_output_is_refused(tmp_path: Path) -> None:
     (tmp_path / "taken.txt").write_text("mine")
     with pytest.raises(FaeInputError, match="already exists and is not empty"):

@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--modalities", default="t1,t2,flair", help="comma-separated (default: %(default)s)"
     )
     p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--workers", type=int, default=1, help="processes (same files for any number)")
     p.set_defaults(func=_cmd_make_synthetic)
 
     p = sub.add_parser("train", help="train a Feature-Autoencoder on healthy slices")
@@ -282,6 +283,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
         seed=args.seed,
         modalities=modalities,
         test_fraction=args.test_fraction,
+        workers=args.workers,
     )
     print(f"wrote {args.subjects} subjects to {out}")
     return 0

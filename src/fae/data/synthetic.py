@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -130,30 +132,54 @@ def make_synthetic(
     kinds: Sequence[str] = ANOMALY_KINDS,
     resolution_mm: int = 1,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic dataset of healthy (train) and anomalous (test) subjects into ``out``.
 
     Subject ``i`` of a split depends only on ``(seed, i)`` and its kind, so datasets of different
-    sizes share their first subjects. Files are written atomically, the CSVs last.
+    sizes share their first subjects, and ``workers`` processes write the same files as one.
+    Files are written atomically, the CSVs last.
     """
     out = Path(out)
     _check_arguments(out, n_subjects, seed, modalities, test_fraction, kinds, resolution_mm)
+    if workers < 1:
+        raise FaeInputError(None, f"workers must be at least 1, got {workers}")
     n_anomalous = _anomalous_count(n_subjects, test_fraction)
     plan = [("healthy", i, None) for i in range(n_subjects - n_anomalous)]
     plan += [("anomalous", i, kinds[i % len(kinds)]) for i in range(n_anomalous)]
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, str]] = []
-    lesion_rows: list[dict[str, str | int]] = []
-    for split, index, kind in tqdm(
-        plan, desc="synthetic brains", unit="subject", disable=not progress
-    ):
-        subject = synthesize_subject(split, index, kind, seed, modalities, resolution_mm)
-        rows.extend(_write_subject(out, subject, modalities, "train" if kind is None else "test"))
-        lesion_rows += [_lesion_row(subject.name, lesion) for lesion in subject.lesions]
+    make = partial(
+        _make_and_write, out, seed=seed, modalities=tuple(modalities), resolution_mm=resolution_mm
+    )
+    bar = partial(tqdm, total=len(plan), desc="synthetic brains", unit="subject")
+    if workers == 1:
+        written = [make(*step) for step in bar(plan, disable=not progress)]
+    else:  # spawn: the parent may hold threads (torch), which fork does not survive safely
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(plan)), mp_context=context) as pool:
+            written = list(bar(pool.map(make, *zip(*plan, strict=True)), disable=not progress))
+    rows = [row for subject_rows, _ in written for row in subject_rows]
+    lesion_rows = [row for _, subject_lesions in written for row in subject_lesions]
     _write_readme(out, seed, n_subjects, modalities, resolution_mm)
     _write_csv(out / "anomalies.csv", lesion_rows, _ANOMALY_COLUMNS)
     _write_csv(out / "datalist.csv", rows, _DATALIST_COLUMNS)
     return out
+
+
+def _make_and_write(
+    out: Path,
+    split: str,
+    index: int,
+    kind: str | None,
+    *,
+    seed: int,
+    modalities: tuple[str, ...],
+    resolution_mm: int,
+) -> tuple[list[dict[str, str]], list[dict[str, str | int]]]:
+    """Synthesise and write one subject; its datalist rows and anomaly rows."""
+    subject = synthesize_subject(split, index, kind, seed, modalities, resolution_mm)
+    rows = _write_subject(out, subject, modalities, "train" if kind is None else "test")
+    return rows, [_lesion_row(subject.name, lesion) for lesion in subject.lesions]
 
 
 def synthesize_subject(
