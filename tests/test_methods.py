@@ -72,6 +72,25 @@ def test_method_fits_maps_and_round_trips(name, slices, tmp_path):
     np.testing.assert_allclose(loaded.predict(slices[:4]), maps, atol=1e-5)
 
 
+def test_dfr_latent_size_from_pca(slices, tmp_path):
+    from fae.methods.dfr import latent_channels
+
+    # three independent channels of variance 3, 2 and 1: 50 %, 83 %, 100 % cumulative
+    rng = np.random.default_rng(0)
+    basis = torch.from_numpy(rng.standard_normal((20000, 3)) * np.sqrt([3.0, 2.0, 1.0]))
+    feats = (basis @ torch.eye(3, 5, dtype=torch.float64)).T.reshape(1, 5, 100, 200)
+    assert latent_channels(feats, 0.9) == 2 and latent_channels(feats, 0.8) == 1
+    settings = {**TINY["dfr"], "latent": None, "pca_slices": 6}
+    est = method_class("dfr")(prep=PREP, progress=False, **settings)
+    est.fit(slices[:24], slices[24:], run_dir=tmp_path / "run")
+    assert 1 <= est.config.latent < est.model_.extractor.out_channels
+    assert load_method(tmp_path / "run", progress=False).config.latent == est.config.latent
+    # the reference's autoencoder: the latent and output convolutions are linear (no BN/ReLU)
+    layers = list(est.model_.autoencoder)
+    assert isinstance(layers[-1], torch.nn.Conv2d) and layers[-1].bias is not None
+    assert sum(isinstance(m, torch.nn.ReLU) for m in layers) == 4
+
+
 @pytest.mark.parametrize("name", ["ae-ssim", "vae", "fanogan", "dfr"])
 def test_resume_gives_identical_weights(name, slices, tmp_path):
     cls = method_class(name)

@@ -121,10 +121,10 @@ class AnomalyMethod:
         return est._train(train_slices, val_slices, run_dir, resume=payload["train_state"])
 
     def _train(self, train_slices, val_slices, run_dir: Path | None, resume: dict | None):
-        images = _as_tensor(train_slices)
+        images = as_slice_tensor(train_slices)
         if len(images) == 0:
             raise FaeInputError(None, "no training slices")
-        val = _as_tensor(val_slices) if val_slices is not None else None
+        val = as_slice_tensor(val_slices) if val_slices is not None else None
         device = resolve_device(self.device)
         log_path = run_dir / "train_log.csv" if run_dir else None
         if run_dir is not None:
@@ -314,7 +314,8 @@ def _images_and_masks(slices: SliceSet | np.ndarray) -> tuple[np.ndarray, np.nda
     return images, images > 0
 
 
-def _as_tensor(slices: SliceSet | np.ndarray) -> torch.Tensor:
+def as_slice_tensor(slices: SliceSet | np.ndarray) -> torch.Tensor:
+    """(N, S, S) slices (array or :class:`SliceSet`) → a (N, 1, S, S) float32 tensor."""
     images = slices.images if isinstance(slices, SliceSet) else np.asarray(slices)
     return torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
 
