@@ -52,7 +52,7 @@ def train_run(
             out, "already holds a run: resume it with --resume, or choose a new --out"
         )
     estimator = method_class(method)(prep=prep, device=device, progress=progress, **params)
-    estimator.build()  # fail fast (e.g. missing ImageNet weights) before preparing data
+    estimator.preflight()  # fail fast (e.g. missing ImageNet weights) before preparing data
     dataset = discover(data, channels)
     dataset.require_modality(modality)
     splits = split_subjects(dataset, test_fraction, val_fraction, split_seed)

@@ -82,6 +82,10 @@ class AnomalyMethod:
         them)."""
         raise NotImplementedError
 
+    def preflight(self) -> None:
+        """Raise now what ``fit`` would raise late (e.g. missing pretrained weights)."""
+        self.build()
+
     def fit_statistics(self, images: torch.Tensor) -> None:
         """Set a non-learning module's state from (N, 1, S, S) healthy slices (default: none)."""
 

@@ -113,6 +113,9 @@ class DFR(AnomalyMethod):
             )
         return super().fit(train_slices, val_slices, run_dir)
 
+    def preflight(self) -> None:
+        self._extractor(load_weights=True)  # the latent size needs data; the weights do not
+
     def build(self, load_weights: bool = True) -> MapModule:
         if self.config.latent is None:
             raise FaeInputError(None, "DFR's latent size is set by fit (or give latent=N)")
