@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fae.benchmark import method_params, summarize
+from fae.benchmark import merge_summaries, method_params, summarize
 from fae.data.preprocess import PrepConfig
 from fae.data.synthetic import make_synthetic
 from fae.errors import FaeInputError
@@ -163,6 +163,13 @@ def test_summary_welch_test_against_fae():
     assert summary["threshold"]["pixel_ap"]["std"] == pytest.approx(0.01)
     assert summary["threshold"]["welch_p_vs_fae"]["pixel_ap"] < 1e-3
     assert "welch_p_vs_fae" not in summary["fae"]
+    # a method rerun elsewhere replaces its row; the test against FAE is redone
+    rerun = summarize({"threshold": [run(0.5), run(0.52), run(0.51)]})
+    merged = merge_summaries([summary, rerun])
+    assert list(merged) == ["fae", "threshold"]
+    assert merged["threshold"]["pixel_ap"]["mean"] == pytest.approx(0.51)
+    assert merged["threshold"]["welch_p_vs_fae"]["pixel_ap"] == pytest.approx(1.0)
+    assert summary["threshold"]["welch_p_vs_fae"]["pixel_ap"] < 1e-3, "inputs untouched"
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +266,14 @@ def test_benchmark_refuses_a_folder_run_with_other_settings(tiny_synthetic, tmp_
         run_benchmark(
             tiny_synthetic, out, ["threshold"], 1, "t1", **{**kwargs, "prep": PrepConfig(size=32)}
         )
+
+
+def test_dfr_trains_through_the_workflow_with_its_latent_from_data(tiny_synthetic, tmp_path):
+    from fae.workflow import train_run
+
+    params = {"backbone": "efficientnet-lite0", "steps": 2, "batch_size": 4}
+    est = train_run(
+        tiny_synthetic, tmp_path / "run", "t1", params, PREP, method="dfr", progress=False
+    )
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["latent"] == est.config.latent >= 1

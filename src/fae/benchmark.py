@@ -181,6 +181,20 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
                 for kind in kinds
             }
         table[method] = row
+    return _add_welch(table)
+
+
+def merge_summaries(summaries: list[dict]) -> dict:
+    """One summary from several (e.g. methods run on different machines): each method's row
+    from the last summary that has it, Welch's tests against FAE redone on the per-seed values."""
+    table: dict[str, dict] = {}
+    for summary in summaries:
+        for method, row in summary.items():
+            table[method] = {k: v for k, v in row.items() if k != "welch_p_vs_fae"}
+    return _add_welch(table)
+
+
+def _add_welch(table: dict[str, dict]) -> dict:
     if REFERENCE in table:
         for method, row in table.items():
             if method == REFERENCE:
@@ -205,6 +219,12 @@ def _welch(a: list[float], b: list[float]) -> float:
 
 def write_summary(summary: dict, runs: dict[str, list[dict]], out: Path) -> None:
     """results.csv / .md / .json, bars.png and pr_curves.png in ``out``."""
+    write_tables(summary, out)
+    save_pr_curves(runs, out / "pr_curves.png")
+
+
+def write_tables(summary: dict, out: Path) -> None:
+    """results.csv / .md / .json and bars.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
@@ -225,7 +245,6 @@ def write_summary(summary: dict, runs: dict[str, list[dict]], out: Path) -> None
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(format_markdown(summary))
     save_bars(summary, out / "bars.png")
-    save_pr_curves(runs, out / "pr_curves.png")
 
 
 def format_markdown(summary: dict) -> str:
