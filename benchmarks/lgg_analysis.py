@@ -1,13 +1,15 @@
 """Why a method wins or loses on LGG: where its false positives are, and how training went.
 
-For each finished run of ``benchmarks/lgg.py`` (and the thresholding baseline) it predicts the
-test slices again and reports, at the threshold giving 5 % pixel FPR inside the head mask:
+For each finished run of ``benchmarks/lgg.py`` (and the thresholding baseline), or of every
+method of a ``fae benchmark`` output folder (``--out`` holding ``runs/``), it predicts the test
+slices again and reports, at the threshold giving 5 % pixel FPR inside the head mask:
 the share of false-positive pixels within ``--border`` pixels of the mask's edge (skull and
 scalp in these skull-on scans), and the pixel AP when that border band is left out of the
 evaluation, and the slice AUROC when slice scores leave it out. It also prints the first and
 last training losses of each run.
 
     python benchmarks/lgg_analysis.py --out benchmark-output/lgg
+    python benchmarks/lgg_analysis.py --out benchmark-output/bench/lgg-flair
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, top_fraction_scores
 from fae.io import atomic_path
+from fae.methods.base import load_method
 from fae.methods.simple import Threshold
 from fae.metrics import slice_metrics, threshold_at_fpr
-from fae.model import FAE
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def border_band(masks: np.ndarray, width: int) -> np.ndarray:
@@ -73,6 +73,31 @@ def centrality_auroc(slices: SliceSet) -> float:
     return slice_metrics(centrality, slices.slice_labels)["auroc"]
 
 
+def finished_runs(out: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Evaluated runs by dataset: ``fae benchmark``'s ``runs/<method>/seed0`` (named by method),
+    or ``benchmarks/lgg.py``'s ``<dataset>/<variant>``."""
+    if (out / "runs").is_dir():
+        runs = [r for r in sorted((out / "runs").glob("*/seed0")) if _evaluated(r / "eval")]
+        return {out.name: [(r.parent.name, r) for r in runs]} if runs else {}
+    groups = {}
+    for dataset_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        runs = [r for r in sorted(dataset_dir.iterdir()) if _evaluated(r / "evaluation")]
+        if runs:
+            groups[dataset_dir.name] = [(r.name, r) for r in runs]
+    return groups
+
+
+def _evaluated(folder: Path) -> bool:
+    return (folder / "metrics.json").exists()
+
+
+def _losses(log: Path) -> list[float]:
+    if not log.exists():
+        return []
+    with log.open(newline="") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmark-output/lgg"))
@@ -80,36 +105,31 @@ def main() -> None:
     args = parser.parse_args()
     cache = default_cache_dir()
     report = {}
-    for dataset_dir in sorted(p for p in args.out.iterdir() if p.is_dir()):
-        runs = sorted(
-            r for r in dataset_dir.iterdir() if (r / "evaluation" / "metrics.json").exists()
-        )
-        if not runs:
-            continue
-        first = FAE.load(runs[0], progress=False)
-        dataset = discover(SHARED / dataset_dir.name)
+    for name, runs in finished_runs(args.out).items():
+        first = load_method(runs[0][1], progress=False)
+        dataset = discover(Path(first.meta["data"]))
         test = first.meta["splits"]["test"]
         slices = prepare_dataset(
             dataset, first.meta["modality"], first.prep, cache, test, progress=False
         )
-        maps = Threshold(progress=False).fit(slices).predict(slices)
-        report[f"{dataset_dir.name}/threshold"] = analyse(slices, maps, args.border)
-        report[f"{dataset_dir.name}/threshold"]["slice_auroc_of_centrality"] = centrality_auroc(
-            slices
-        )
-        for run in runs:
-            est = FAE.load(run, progress=False)
+        if "threshold" not in dict(runs):
+            maps = Threshold(progress=False).fit(slices).predict(slices)
+            report[f"{name}/threshold"] = analyse(slices, maps, args.border)
+        report[f"{name}/centrality"] = {"slice_auroc_of_centrality": centrality_auroc(slices)}
+        for label, run in runs:
+            est = load_method(run, device="cpu", progress=False)
             entry = analyse(slices, est.predict(slices), args.border)
-            with (run / "train_log.csv").open(newline="") as fh:
-                losses = [float(r["loss"]) for r in csv.DictReader(fh)]
-            entry.update(first_loss=losses[0], last_loss=losses[-1], steps=est.step_)
-            report[f"{dataset_dir.name}/{run.name}"] = entry
+            losses = _losses(run / "train_log.csv")
+            if losses:
+                entry.update(first_loss=losses[0], last_loss=losses[-1], steps=est.step_)
+            report[f"{name}/{label}"] = entry
     with atomic_path(args.out / "analysis.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     for key, r in report.items():
         if "slice_auroc_of_centrality" in r:
             auroc = r["slice_auroc_of_centrality"]
             print(f"{key.split('/')[0]}: slice AUROC of slice centrality alone = {auroc:.3f}")
+    report = {k: r for k, r in report.items() if "fp_in_border" in r}
     print(
         "| run | FP in border band | border share of mask | pixel AP without border "
         "| slice AUROC without border | loss |"
