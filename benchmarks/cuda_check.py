@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,8 @@ def _resume_longer(cls, run: Path, images: np.ndarray, device: str, settings: di
 def _speed(cls, settings: dict, images: np.ndarray, device: str) -> float:
     """Training steps per second at 128×128 with the method's own batch size."""
     method = cls(device=device, progress=False, **settings)
+    if hasattr(method, "choose_latent") and method.config.latent is None:  # DFR
+        method.config = replace(method.config, latent=method.choose_latent(images))
     torch.manual_seed(0)
     model = method.build().to(device).train()
     batch = int(method.config.batch_size)

@@ -36,13 +36,16 @@ python3 -m fae benchmark "${common[@]}" --methods threshold --seeds 1 >"$work/pr
 echo "data ready after $((SECONDS - start)) s"
 
 left=$((budget - (SECONDS - start) - 60))  # a minute for the summaries
+[ "$left" -ge 1 ] || { echo "no time left to train after preparing the data"; exit 1; }
 groups=$(echo "${all//,/ }" | tr ' ' '\n' | grep -vxE 'threshold|random|bm' | tr '\n' ' ')
 simple=$(echo "${all//,/ }" | tr ' ' '\n' | grep -xE 'threshold|random|bm' | paste -sd,)
+pids=()
 for method in $groups $simple; do
     OMP_NUM_THREADS=2 timeout "$left" python3 -m fae benchmark "${common[@]}" --seeds 5 \
         --methods "$method" >"$work/log-$method.txt" 2>&1 &
+    pids+=($!)
 done
-wait
+wait "${pids[@]}"  # the training jobs, not the CUDA check
 echo "training stopped after $((SECONDS - start)) s"
 
 finished() {  # the number of leading seeds with an evaluation, for every method in $1

@@ -107,7 +107,7 @@ def main() -> None:
     report = {}
     for name, runs in finished_runs(args.out).items():
         first = load_method(runs[0][1], progress=False)
-        dataset = discover(Path(first.meta["data"]))
+        dataset = discover(Path(first.meta["data"]), first.meta.get("channels"))
         test = first.meta["splits"]["test"]
         slices = prepare_dataset(
             dataset, first.meta["modality"], first.prep, cache, test, progress=False

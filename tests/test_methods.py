@@ -85,6 +85,12 @@ def test_dfr_latent_size_from_pca(slices, tmp_path):
     est.fit(slices[:24], slices[24:], run_dir=tmp_path / "run")
     assert 1 <= est.config.latent < est.model_.extractor.out_channels
     assert load_method(tmp_path / "run", progress=False).config.latent == est.config.latent
+    # chosen again on refit, reproducibly even for an unpretrained extractor; a given size stays
+    random = method_class("dfr")(prep=PREP, progress=False, **{**settings, "weights": None})
+    assert random.choose_latent(slices[:24]) == random.choose_latent(slices[:24])
+    assert est.latent_from_data_
+    fixed = method_class("dfr")(prep=PREP, progress=False, **TINY["dfr"]).fit(slices[:24])
+    assert fixed.config.latent == 8 and not hasattr(fixed, "latent_from_data_")
     # the reference's autoencoder: the latent and output convolutions are linear (no BN/ReLU)
     layers = list(est.model_.autoencoder)
     assert isinstance(layers[-1], torch.nn.Conv2d) and layers[-1].bias is not None
@@ -277,3 +283,14 @@ def test_dfr_trains_through_the_workflow_with_its_latent_from_data(tiny_syntheti
     )
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["latent"] == est.config.latent >= 1
+
+
+def test_benchmark_refuses_runs_of_an_older_method_version(tmp_path):
+    from fae.benchmark import _check_same_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = {"seed": 0, "backbone": "efficientnet-lite0", "latent": 128, "batch_size": 4}
+    (run / "config.json").write_text(json.dumps({"model": model, "prep": PREP.to_dict()}))
+    with pytest.raises(FaeInputError, match="older dfr"):
+        _check_same_settings(run, "dfr", {"seed": 0}, PREP)

@@ -12,6 +12,7 @@ metric and method, in the style of the paper's figure) and ``pr_curves.png``; on
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -80,7 +81,7 @@ def run_benchmark(
             run = out / "runs" / method / f"seed{seed}"
             metrics_path = run / "eval" / "metrics.json"
             params = method_params(method, seed, steps, (overrides or {}).get(method, {}))
-            _check_same_settings(run, params, prep)
+            _check_same_settings(run, method, params, prep)
             if not metrics_path.exists():
                 if progress:
                     print(f"== {method}, seed {seed}: {run}")
@@ -105,12 +106,19 @@ def method_params(method: str, seed: int, steps: int | None, overrides: dict) ->
     return params
 
 
-def _check_same_settings(run: Path, params: dict, prep: PrepConfig) -> None:
-    """A run folder from an earlier invocation must have the settings asked for now."""
+def _check_same_settings(run: Path, method: str, params: dict, prep: PrepConfig) -> None:
+    """A run folder from an earlier invocation must have the settings asked for now, and come
+    from this version of the method (every setting it has now was saved)."""
     path = run / "config.json"
     if not path.exists():
         return
     saved = json.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
+    missing = sorted(fields - set(saved.get("model", {})))
+    if missing:
+        raise FaeInputError(
+            run, f"comes from an older {method} (no {', '.join(missing)}): use another --out"
+        )
     for key, value in params.items():
         if saved.get("model", {}).get(key) != value:
             old = saved.get("model", {}).get(key)

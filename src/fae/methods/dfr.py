@@ -100,18 +100,23 @@ class DFR(AnomalyMethod):
     config_class = DFRConfig
 
     def fit(self, train_slices, val_slices=None, run_dir=None):
-        """Choose the bottleneck from the training features (unless ``latent`` is set), then
-        train as every method does."""
-        if self.config.latent is None:
-            images = as_slice_tensor(train_slices)
-            pick = np.linspace(0, len(images) - 1, min(self.config.pca_slices, len(images)))
-            extractor = self._extractor(load_weights=True)
-            with torch.no_grad():
-                features = extractor(images[np.round(pick).astype(int)])
-            self.config = replace(
-                self.config, latent=latent_channels(features, self.config.latent_variance)
-            )
+        """Choose the bottleneck from the training features (unless ``latent`` was given),
+        then train as every method does."""
+        if self.config.latent is None or getattr(self, "latent_from_data_", False):
+            self.config = replace(self.config, latent=self.choose_latent(train_slices))
+            self.latent_from_data_ = True
         return super().fit(train_slices, val_slices, run_dir)
+
+    def choose_latent(self, train_slices) -> int:
+        """The reference's bottleneck: principal components of the features of
+        ``pca_slices`` evenly spaced training slices that hold ``latent_variance``."""
+        images = as_slice_tensor(train_slices)
+        pick = np.linspace(0, len(images) - 1, min(self.config.pca_slices, len(images)))
+        torch.manual_seed(self.config.seed)  # the same extractor fit() builds, also unpretrained
+        extractor = self._extractor(load_weights=True)
+        with torch.no_grad():
+            features = extractor(images[np.round(pick).astype(int)])
+        return latent_channels(features, self.config.latent_variance)
 
     def preflight(self) -> None:
         self._extractor(load_weights=True)  # the latent size needs data; the weights do not
