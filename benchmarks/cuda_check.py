@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.methods.base import load_method
 from fae.methods.registry import METHODS, method_class
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path("cuda_check.json"))
+    parser.add_argument("--timed-steps", type=int, default=20, help="steps timed per method")
     args = parser.parse_args()
     overrides = tomllib.loads(args.config.read_text()) if args.config else {}
     images = _brains(96, 128)
@@ -41,7 +43,9 @@ def main() -> None:
     failed = []
     for name in args.methods.split(","):
         try:
-            report[name] = check(name, overrides.get(name, {}), images, args.device)
+            report[name] = check(
+                name, overrides.get(name, {}), images, args.device, args.timed_steps
+            )
         except Exception as error:  # report every method, then fail
             report[name] = {"error": f"{type(error).__name__}: {error}"}
             failed.append(name)
@@ -51,7 +55,7 @@ def main() -> None:
         raise SystemExit(f"CUDA check failed for: {', '.join(failed)}")
 
 
-def check(name: str, settings: dict, images: np.ndarray, device: str) -> dict:
+def check(name: str, settings: dict, images: np.ndarray, device: str, timed: int) -> dict:
     cls = method_class(name)
     small = {**settings, "batch_size": 8, "steps": 4} if cls.learns else dict(settings)
     if name == "fanogan":
@@ -75,14 +79,12 @@ def check(name: str, settings: dict, images: np.ndarray, device: str) -> dict:
             maps = resumed.predict(images[48:64])
             result["gpu_trained_steps"] = resumed.step_
             result["gpu_maps_finite"] = bool(np.isfinite(maps).all())
-            result["gpu_steps_per_second"] = _speed(cls, settings, images, device)
+            result["gpu_steps_per_second"] = _speed(cls, settings, images, device, timed)
     return result
 
 
 def _resume_longer(cls, run: Path, images: np.ndarray, device: str, settings: dict):
     """Resume a finished 2-step run as if it had been asked for 4 steps."""
-    from fae.checkpoint import load_checkpoint, save_checkpoint
-
     payload = load_checkpoint(run / "checkpoint.pt")
     payload["config"].update(steps=settings["steps"])
     if "gan_steps" in settings:
@@ -91,7 +93,7 @@ def _resume_longer(cls, run: Path, images: np.ndarray, device: str, settings: di
     return cls.resume(run, images[:32], images[32:48], progress=False, device=device)
 
 
-def _speed(cls, settings: dict, images: np.ndarray, device: str) -> float:
+def _speed(cls, settings: dict, images: np.ndarray, device: str, steps: int) -> float:
     """Training steps per second at 128×128 with the method's own batch size."""
     method = cls(device=device, progress=False, **settings)
     if hasattr(method, "choose_latent") and method.config.latent is None:  # DFR
@@ -106,7 +108,7 @@ def _speed(cls, settings: dict, images: np.ndarray, device: str) -> float:
         model.training_step(features, optimizers, step)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    started, steps = time.perf_counter(), 20
+    started = time.perf_counter()
     for step in range(3, 3 + steps):
         model.training_step(features, optimizers, step)
     if device.startswith("cuda"):

@@ -113,17 +113,17 @@ def _check_same_settings(run: Path, method: str, params: dict, prep: PrepConfig)
     if not path.exists():
         return
     saved = json.loads(path.read_text())
+    model = saved.get("model", {})
     fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
-    missing = sorted(fields - set(saved.get("model", {})))
+    missing = sorted(fields - set(model))
     if missing:
         raise FaeInputError(
             run, f"comes from an older {method} (no {', '.join(missing)}): use another --out"
         )
     for key, value in params.items():
-        if saved.get("model", {}).get(key) != value:
-            old = saved.get("model", {}).get(key)
+        if model.get(key) != value:
             raise FaeInputError(
-                run, f"was run with {key}={old!r}, not {value!r}: use another --out"
+                run, f"was run with {key}={model.get(key)!r}, not {value!r}: use another --out"
             )
     if saved.get("prep") != prep.to_dict():
         raise FaeInputError(run, "was run with other preprocessing: use another --out")
