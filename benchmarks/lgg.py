@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
+from fae.data.preprocess import PrepConfig
 from fae.data.slices import prepare_dataset, split_subjects
 from fae.evaluation import evaluate_maps
 from fae.io import atomic_path
@@ -49,7 +50,14 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seed", type=int, default=0, help="training seed (the split is fixed)")
+    parser.add_argument(
+        "--brain-mask",
+        default="auto",
+        help="where brain masks come from (auto: HD-BET on these skull-on scans; otsu: the "
+        "head mask, what fae used before brain extraction)",
+    )
     args = parser.parse_args()
+    prep = PrepConfig(brain_mask=args.brain_mask)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     cache = default_cache_dir()
@@ -57,7 +65,7 @@ def main() -> None:
         data, modality = args.data_root / name, DATASETS[name]
         key = f"{name}/threshold"
         if key not in results:
-            results[key] = threshold_baseline(data, modality, cache)
+            results[key] = threshold_baseline(data, modality, cache, prep)
             save(results, args.out)
         for variant in args.variants.split(","):
             label = variant if args.seed == 0 else f"{variant}-seed{args.seed}"
@@ -66,19 +74,19 @@ def main() -> None:
                 continue
             params = {**VARIANTS[variant], "seed": args.seed}
             results[key] = run_fae(
-                data, modality, args.out / name / label, params, args.steps, cache
+                data, modality, args.out / name / label, params, args.steps, cache, prep
             )
             save(results, args.out)
     print((args.out / "results.md").read_text())
 
 
-def threshold_baseline(data: Path, modality: str, cache: Path) -> dict:
+def threshold_baseline(data: Path, modality: str, cache: Path, prep: PrepConfig) -> dict:
     dataset = discover(data)
     splits = split_subjects(
         dataset, SPLIT["test_fraction"], SPLIT["val_fraction"], SPLIT["split_seed"]
     )
     test = splits["test"]
-    slices = prepare_dataset(dataset, modality, cache_dir=cache, subject_ids=test)
+    slices = prepare_dataset(dataset, modality, prep, cache_dir=cache, subject_ids=test)
     started = time.perf_counter()
     maps = Threshold(progress=False).fit(slices).predict(slices)
     summary, _ = evaluate_maps(slices, maps)
@@ -86,7 +94,9 @@ def threshold_baseline(data: Path, modality: str, cache: Path) -> dict:
     return summary
 
 
-def run_fae(data: Path, modality: str, run: Path, params: dict, steps: int, cache: Path) -> dict:
+def run_fae(
+    data: Path, modality: str, run: Path, params: dict, steps: int, cache: Path, prep: PrepConfig
+) -> dict:
     started = time.perf_counter()
     if (run / "checkpoint.pt").exists():
         estimator = resume_run(run, cache)
@@ -94,7 +104,7 @@ def run_fae(data: Path, modality: str, run: Path, params: dict, steps: int, cach
         params = {**params, "steps": steps, "checkpoint_every": 50}
         if params["backbone"] == "resnet18" and not _imagenet_resnet_available():
             params["weights"] = None
-        estimator = train_run(data, run, modality, params, cache_dir=cache, **SPLIT)
+        estimator = train_run(data, run, modality, params, prep, cache_dir=cache, **SPLIT)
     train_seconds = time.perf_counter() - started
     summary = evaluate_run(run, data, run / "evaluation", cache_dir=cache)
     summary.pop("subjects")

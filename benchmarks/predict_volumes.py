@@ -21,12 +21,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fae.data.discover import discover
-from fae.data.preprocess import foreground_mask
+from fae.data.discover import Scan, discover
 from fae.io import atomic_path
 from fae.metrics import average_precision, dice
 from fae.model import FAE
-from fae.predict import Scan, predict_scans
+from fae.predict import predict_scans
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = ("brats2013-flair", "ms-lesjak")
@@ -82,11 +81,8 @@ def check_scan(subject, row: dict, out: Path) -> dict:
     )
     amap = np.asarray(anomaly.dataobj, np.float32)
     lesion = np.asarray(nib.load(subject.seg.path).dataobj) > 0
-    if subject.brainmask is not None:
-        brain = np.asarray(nib.load(subject.brainmask.path).dataobj) > 0
-    else:
-        brain = foreground_mask(np.asarray(source.dataobj, np.float32))
-    brain |= lesion
+    brain = np.asarray(nib.load(out / f"{row['name']}_brainmask.nii.gz").dataobj) > 0
+    brain |= lesion  # the brain mask fae used, as written by fae predict
     covered = amap != 0  # voxels of the prepared slices inside the brain
     normal = brain & ~lesion
     return {

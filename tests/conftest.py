@@ -29,6 +29,10 @@ def head(shape=(40, 48, 12), seed=0, lesion=True) -> tuple[np.ndarray, np.ndarra
     return image.astype(np.float32), seg, brain.astype(np.uint8)
 
 
+# 2 mm voxels: the toy heads are then brain-sized (so skull-stripped by fae's rule, no HD-BET)
+TOY_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
@@ -41,12 +45,50 @@ def flat_dataset(tmp_path: Path) -> Path:
     root = tmp_path / "flat"
     for i in range(4):
         image, seg, brain = head(seed=i, lesion=i % 2 == 0)
-        write_nifti(root / f"sub{i:02d}_flair.nii.gz", image)
-        write_nifti(root / f"sub{i:02d}_t1.nii.gz", 1 - image * brain)
-        write_nifti(root / f"sub{i:02d}_seg.nii.gz", seg)
+        write_nifti(root / f"sub{i:02d}_flair.nii.gz", image, TOY_AFFINE)
+        write_nifti(root / f"sub{i:02d}_t1.nii.gz", 1 - image * brain, TOY_AFFINE)
+        write_nifti(root / f"sub{i:02d}_seg.nii.gz", seg, TOY_AFFINE)
         if i < 2:
-            write_nifti(root / f"sub{i:02d}_brainmask.nii.gz", brain)
+            write_nifti(root / f"sub{i:02d}_brainmask.nii.gz", brain, TOY_AFFINE)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_accidental_hd_bet(request, monkeypatch):
+    """HD-BET's network takes 10-20 s a scan: a test runs it only if it asks for ``real_hd_bet``;
+    ``fake_hd_bet`` stands in for it where only the plumbing around it is tested."""
+    if "real_hd_bet" in request.fixturenames or "fake_hd_bet" in request.fixturenames:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("HD-BET called by a test that did not ask for it")
+
+    monkeypatch.setattr("fae.data.brainmask._hd_bet_network", refuse)
+
+
+@pytest.fixture
+def real_hd_bet():
+    """Marks a test that runs HD-BET's real network."""
+
+
+class FakeHDBet:
+    """Stands in for HD-BET's network: the brain is what is brighter than ``level`` times the
+    mean; records the (z, y, x) arrays and voxel sizes it was given."""
+
+    def __init__(self, level: float = 1.0) -> None:
+        self.level = level
+        self.calls: list[tuple[np.ndarray, tuple]] = []
+
+    def __call__(self, data: np.ndarray, spacing: tuple, tta: bool) -> np.ndarray:
+        self.calls.append((data.copy(), spacing))
+        return (data > self.level * data.mean()).astype(np.uint8)
+
+
+@pytest.fixture
+def fake_hd_bet(monkeypatch) -> FakeHDBet:
+    fake = FakeHDBet()
+    monkeypatch.setattr("fae.data.brainmask._hd_bet_network", lambda mode, device: fake)
+    return fake
 
 
 def shared_data(name: str) -> Path:

@@ -25,7 +25,8 @@ def test_inspect_reports_subjects_and_masks(flat_dataset):
     assert "layout:        flat" in r.stdout
     assert "subjects:      4" in r.stdout
     assert "modalities:    flair, t1" in r.stdout
-    assert "brain masks:   2 of 4" in r.stdout
+    assert "brain masks:   2 of 4 subjects given" in r.stdout
+    assert "auto takes given for 4, hd-bet for 2, nonzero for 2 scans" in r.stdout
     assert r.stdout.count("sub0") == 8  # one row per scan
 
 

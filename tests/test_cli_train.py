@@ -44,9 +44,12 @@ def test_train_then_evaluate(tiny_data, tmp_path):
         "64",
         "--cache-dir",
         tmp_path / "cache",
+        "--brain-mask",
+        "nonzero",
     )
     assert r.returncode == 0, r.stderr
     resolved = json.loads((run / "config.json").read_text())
+    assert resolved["prep"]["brain_mask"] == "nonzero", "the brain-mask source is kept in the run"
     assert resolved["model"]["steps"] == 3, "flags override the config file"
     assert resolved["model"]["hidden"] == [16, 32] and resolved["prep"]["size"] == 64
     assert set(resolved["splits"]) == {"train", "val", "test"} and resolved["modality"] == "t1"
@@ -54,6 +57,7 @@ def test_train_then_evaluate(tiny_data, tmp_path):
     assert log[0] == "step,loss,val_loss,seconds" and len(log) == 4
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["prep"]["size"] == 64 and "torch" in ckpt["versions"]
+    assert ckpt["prep"]["brain_mask"] == "nonzero"
 
     r = fae("train", "--resume", run)
     assert r.returncode == 0 and "trained 3 steps" in r.stdout, r.stderr

@@ -12,11 +12,13 @@ import pytest
 import torch
 from scipy import ndimage
 
+from fae.checkpoint import load_checkpoint, save_checkpoint
+from fae.data.discover import Scan
 from fae.data.preprocess import PrepConfig, prepare_volume, restore_volume
 from fae.data.synthetic import make_synthetic
 from fae.data.volume import NiftiSource, Volume
 from fae.model import FAE
-from fae.predict import Scan, predict_scans
+from fae.predict import predict_scans
 from fae.workflow import train_run
 
 from conftest import head, write_nifti
@@ -76,7 +78,8 @@ def test_restore_with_resampling_keeps_structures_in_place():
     x, y, _ = np.meshgrid(*[np.arange(n) for n in brain.shape], indexing="ij")
     image = (brain * (1 + x / 48 + 0.5 * y / 56)).astype(np.float32)
     prepared = prepare_volume(
-        Volume(image, np.eye(4), None, "x"), config=PrepConfig(size=32, normalize="minmax")
+        Volume(image, np.eye(4), None, "x"),
+        config=PrepConfig(size=32, normalize="minmax", brain_mask="nonzero"),
     )
     restored = restore_volume(prepared.images, prepared)
     assert restored.shape == image.shape
@@ -182,8 +185,10 @@ def test_predict_writes_maps_in_each_scans_space(tiny_run, tmp_path):
         flagged = np.asarray(mask.dataobj) > 0
         assert int(rows[name]["suspicious_voxels"]) == int(flagged.sum())
         assert (maps[name][flagged] >= threshold).all(), "the mask is the map at the threshold"
-        near_brain = ndimage.binary_dilation(array != 0, iterations=2)
-        assert not flagged[~near_brain].any(), "only in (and at the edge of) the brain"
+        brain = np.asarray(nib.load(out / f"{name}_brainmask.nii.gz").dataobj) > 0
+        assert brain.shape == array.shape and rows[name]["brain_mask"] == "nonzero"
+        assert (brain == (array != 0)).mean() > 0.999, "skull-stripped: the non-zero voxels"
+        assert not maps[name][~brain].any() and not flagged[~brain].any(), "0 outside the brain"
         assert anomaly.header["cal_max"] == 0, "the input's display range is not kept"
         assert (out / f"{name}_overlay.png").stat().st_size > 5000
     assert maps["plain"].max() > 0
@@ -194,6 +199,29 @@ def test_predict_writes_maps_in_each_scans_space(tiny_run, tmp_path):
     }
     np.testing.assert_allclose(canonical["flipped"], canonical["plain"], atol=1e-6)
     np.testing.assert_allclose(maps["oblique"], maps["plain"], atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["given", "nonzero"])
+def test_predict_uses_the_brain_mask_source_the_run_was_trained_with(tiny_run, tmp_path, source):
+    run = tmp_path / "run"
+    payload = load_checkpoint(tiny_run / "run" / "checkpoint.pt")
+    assert payload["prep"]["brain_mask"] == "auto"
+    payload["prep"]["brain_mask"] = source
+    save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "versions")},
+                    run / "checkpoint.pt")  # fmt: skip
+    data, affine = cropped(next((tiny_run / "data").glob("anomalous_*_t1.nii.gz")))
+    given = ndimage.binary_erosion(data != 0, iterations=3)  # a mask that differs from non-zero
+    write_nifti(tmp_path / "in" / "s_t1.nii.gz", data, affine)
+    write_nifti(tmp_path / "in" / "s_brainmask.nii.gz", given.astype(np.uint8), affine)
+    r = fae("predict", "--run", run, tmp_path / "in", "--out", tmp_path / "out", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    used = np.asarray(nib.load(tmp_path / "out" / "s_brainmask.nii.gz").dataobj) > 0
+    expected = given if source == "given" else data != 0
+    assert (used == expected).mean() > 0.999
+    amap = np.asarray(nib.load(tmp_path / "out" / "s_anomaly.nii.gz").dataobj)
+    assert amap[used].max() > 0 and not amap[~used].any()
+    with (tmp_path / "out" / "scores.csv").open() as fh:
+        assert next(csv.DictReader(fh))["brain_mask"] == source
 
 
 def test_predict_batches_across_scans_without_changing_maps(tiny_run, tmp_path):
@@ -284,8 +312,8 @@ def test_predict_real_volume_keeps_its_geometry(tiny_run, tmp_path):
 
 
 def test_output_names_stay_unique():
-    from fae.predict import _unique_names
+    from fae.data.discover import unique_names
 
     source = NiftiSource(Path("x.nii.gz"))
     scans = [Scan(n, source) for n in ("a", "a", "a_2", "b")]
-    assert [s.name for s in _unique_names(scans)] == ["a", "a_2", "a_2_2", "b"]
+    assert [s.name for s in unique_names(scans)] == ["a", "a_2", "a_2_2", "b"]

@@ -2,16 +2,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fae.data.preprocess import PrepConfig, foreground_mask, prepare_volume
+from fae.data.brainmask import intensity_mask
+from fae.data.preprocess import PrepConfig, prepare_volume
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
 
-from conftest import head
+from conftest import TOY_AFFINE, head
 
 
 def vol(data, affine=None) -> Volume:
     return Volume(
-        np.asarray(data, np.float32), np.eye(4) if affine is None else affine, None, "test"
+        np.asarray(data, np.float32), TOY_AFFINE if affine is None else affine, None, "test"
     )
 
 
@@ -82,14 +83,14 @@ def test_shape_mismatch_is_an_error():
         prepare_volume(vol(image), vol(seg[:-1]))
 
 
-def test_foreground_mask_rules():
+def test_intensity_mask_rules():
     image, _, brain = head()
     shifted = np.where(brain > 0, image - 0.55, 0)  # negative values inside a zero background
-    np.testing.assert_array_equal(foreground_mask(shifted), brain.astype(bool))
+    np.testing.assert_array_equal(intensity_mask(shifted), brain.astype(bool))
     noisy = np.where(brain > 0, image, 0) + np.random.default_rng(0).uniform(
         0.01, 0.05, image.shape
     )
-    mask = foreground_mask(noisy.astype(np.float32))
+    mask = intensity_mask(noisy.astype(np.float32))
     assert (mask == brain.astype(bool)).mean() > 0.97
 
 
@@ -99,3 +100,9 @@ def test_config_round_trip_and_key():
     assert config.key() != PrepConfig().key()
     with pytest.raises(FaeInputError):
         PrepConfig(square="stretch")
+    with pytest.raises(FaeInputError, match="brain mask must be one of"):
+        PrepConfig(brain_mask="bet")
+    old = config.to_dict()
+    del old["brain_mask"]  # saved by a fae from before brain extraction
+    with pytest.raises(KeyError, match="brain_mask"):
+        PrepConfig.from_dict(old)

@@ -12,8 +12,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from fae.data.preprocess import foreground_mask
-from fae.data.volume import Volume, check_same_grid
 from fae.errors import FaeInputError
 from fae.metrics import threshold_at_fpr
 
@@ -60,21 +58,10 @@ def calibrate_thresholds(
     }
 
 
-def intensity_stats(image: Volume, brainmask: Volume | None = None) -> tuple[float, float]:
-    """(1st, 99th) percentile of a raw scan's intensities inside its brain (or head) mask."""
-    if brainmask is not None:
-        check_same_grid(image, brainmask, "brain mask")
-    mask = brainmask.data > 0 if brainmask is not None else foreground_mask(image.data)
-    inside = image.data[mask]
-    if inside.size == 0:
-        return 0.0, 0.0
-    low, high = np.percentile(inside, [1, 99])
-    return float(low), float(high)
-
-
-def intensity_reference(stats: Iterable[tuple[float, float]]) -> dict:
-    """The range of the training scans' (p1, p99) intensity statistics."""
-    stats = np.asarray(list(stats), dtype=np.float64).reshape(-1, 2)
+def intensity_reference(stats: Iterable[tuple[float, float]] | np.ndarray | None) -> dict:
+    """The range of the training scans' raw (p1, p99) intensities inside the brain
+    (:attr:`~fae.data.preprocess.PreparedVolume.intensity`)."""
+    stats = np.asarray(list(stats if stats is not None else []), np.float64).reshape(-1, 2)
     if len(stats) == 0:
         return {}
     return {

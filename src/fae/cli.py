@@ -12,6 +12,9 @@ from fae import __version__
 from fae.errors import FaeInputError
 from fae.methods.registry import METHODS
 
+# fae.data.brainmask.MASK_SOURCES, spelt out so that `fae --help` imports no numerical library
+BRAIN_MASK_CHOICES = ["auto", "given", "hd-bet", "otsu", "nonzero"]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fae`` console script; returns the exit status."""
@@ -47,7 +50,38 @@ def _parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("prepare", help="prepare (and cache) 128x128 slices as the paper does")
     p.add_argument("path", type=Path)
     _add_prep_options(p)
+    p.add_argument("--device", default="auto", help="for HD-BET: auto, cpu, cuda, cuda:1 ...")
     p.set_defaults(func=_cmd_prepare)
+
+    p = data_sub.add_parser(
+        "skullstrip", help="brain masks with HD-BET (offline), written beside a datalist"
+    )
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="NIfTI, folder, datalist")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--modality", default="", help="which image of each subject (default: the only)")
+    _add_channels(p)
+    p.add_argument(
+        "--mode",
+        choices=["fast", "accurate"],
+        default="fast",
+        help="HD-BET with one network (fast, default) or all five (accurate, 5x the time)",
+    )
+    p.add_argument("--tta", action="store_true", help="also average 7 mirrored copies (8x time)")
+    p.add_argument(
+        "--spacing",
+        metavar="X,Y,Z",
+        help="voxel size in mm along the array axes, for scans whose header has none",
+    )
+    p.add_argument("--stripped", action="store_true", help="also write the skull-stripped image")
+    p.add_argument(
+        "--force", action="store_true", help="strip scans that are already skull-stripped too"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--cache-dir", type=Path, help="mask cache (default: $FAE_CACHE_DIR or ~/.cache/fae)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="strip again and do not write a cache")
+    p.set_defaults(func=_cmd_skullstrip)
 
     p = sub.add_parser("make-synthetic", help="write synthetic brains with known anomalies")
     p.add_argument("out", type=Path)
@@ -137,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="slices per batch, across scans")
     p.add_argument("--device", default="auto")
     _add_channels(p)
+    p.add_argument(
+        "--cache-dir", type=Path, help="brain-mask cache (default: $FAE_CACHE_DIR or ~/.cache/fae)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("calibrate", help="recompute a run's thresholds on your healthy scans")
@@ -208,6 +246,15 @@ def _add_prep_options(p: argparse.ArgumentParser, modality: bool = True) -> None
     p.add_argument("--normalize", choices=["equalize", "minmax"], default="equalize")
     p.add_argument("--square", choices=["crop", "pad"], default="crop")
     p.add_argument(
+        "--brain-mask",
+        choices=BRAIN_MASK_CHOICES,
+        default="auto",
+        help="where brain masks come from: auto (default: the given mask, else the non-zero "
+        "voxels of skull-stripped scans, else HD-BET), given, hd-bet, otsu, nonzero",
+    )
+    p.add_argument("--hd-bet-mode", choices=["fast", "accurate"], default="fast")
+    p.add_argument("--hd-bet-tta", action="store_true", help="HD-BET with mirrored copies too")
+    p.add_argument(
         "--cache-dir", type=Path, help="slice cache (default: $FAE_CACHE_DIR or ~/.cache/fae)"
     )
     p.add_argument("--no-cache", action="store_true", help="prepare again and do not write a cache")
@@ -226,7 +273,15 @@ def prep_config_from_args(args: argparse.Namespace):
                 None, f"--slices must be 'brain' or START:STOP, got {args.slices!r}"
             ) from None
         slices = (start, stop)
-    return PrepConfig(size=args.size, slices=slices, square=args.square, normalize=args.normalize)
+    return PrepConfig(
+        size=args.size,
+        slices=slices,
+        square=args.square,
+        normalize=args.normalize,
+        brain_mask=args.brain_mask,
+        hd_bet_mode=args.hd_bet_mode,
+        hd_bet_tta=args.hd_bet_tta,
+    )
 
 
 def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
@@ -260,7 +315,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     dataset = discover(args.path, _channels(args))
     config = prep_config_from_args(args)
     cache_dir = cache_dir_from_args(args)
-    slices = prepare_dataset(dataset, args.modality, config, cache_dir)
+    slices = prepare_dataset(dataset, args.modality, config, cache_dir, device=args.device)
     n_lesion = int(slices.slice_labels.sum())
     print(
         f"{len(slices.subject_ids)} subjects, {len(slices)} slices of {config.size}x{config.size} "
@@ -268,6 +323,34 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     )
     if cache_dir is not None:
         print(f"cached in {cache_dir / ('prep-' + config.key())}")
+    return 0
+
+
+def _cmd_skullstrip(args: argparse.Namespace) -> int:
+    from fae.data.brainmask import parse_spacing
+    from fae.data.discover import collect_scans
+    from fae.data.skullstrip import skullstrip_scans
+
+    spacing = parse_spacing(args.spacing) if args.spacing else None
+    scans, failures = collect_scans(args.inputs, args.modality.lower(), _channels(args))
+    for source, problem in failures:
+        print(f"fae: error: {source}: {problem} (skipped)", file=sys.stderr)
+    rows, failures = skullstrip_scans(
+        scans,
+        args.out,
+        args.mode,
+        args.tta,
+        spacing,
+        args.device,
+        args.stripped,
+        args.force,
+        cache_dir_from_args(args),
+        failures=failures,
+    )
+    print(f"wrote {len(rows)} brain masks to {args.out} (see brainmasks.csv, datalist.csv)")
+    if failures:
+        print(f"fae: {len(failures)} input(s) failed, see the errors above", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -384,8 +467,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from fae.data.discover import collect_scans
     from fae.methods.base import load_method
-    from fae.predict import collect_scans, predict_scans
+    from fae.predict import predict_scans
 
     estimator = load_method(args.run, device=args.device)
     channels = _channels(args) or estimator.meta.get("channels")
@@ -393,7 +477,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for source, problem in failures:
         print(f"fae: error: {source}: {problem} (skipped)", file=sys.stderr)
     rows, failures = predict_scans(
-        estimator, scans, args.out, args.fpr, args.batch_size, failures=failures
+        estimator,
+        scans,
+        args.out,
+        args.fpr,
+        args.batch_size,
+        failures=failures,
+        cache_dir=cache_dir_from_args(args),
     )
     print(f"wrote {len(rows)} scans to {args.out} (scores in {args.out / 'scores.csv'})")
     if failures:

@@ -50,3 +50,15 @@ def save_nifti(
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return Path(path)
+
+
+def derived_header(header: nib.Nifti1Header | None, description: str) -> nib.Nifti1Header | None:
+    """A copy of an input's header for an image derived from it (a map, a mask): the input's
+    intensity scaling and display range do not apply, the description says what it is."""
+    if header is None:
+        return None
+    header = header.copy()
+    header.set_slope_inter(None, None)
+    header["cal_min"] = header["cal_max"] = 0
+    header["descrip"] = description.encode()[:79]
+    return header

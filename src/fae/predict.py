@@ -1,9 +1,10 @@
 """Anomaly maps for new scans, written back in each scan's own space (``fae predict``).
 
-For every scan: ``<name>_anomaly.nii.gz`` (the map, float32, the input's shape and affine),
-``<name>_mask.nii.gz`` (the map at the run's calibrated threshold), ``<name>_overlay.png`` and a
-row of ``scores.csv``. Preprocessing comes from the run's checkpoint. Slices of several scans
-share a batch; an unreadable scan is reported and skipped, the rest are still written.
+For every scan: ``<name>_anomaly.nii.gz`` (the map, float32, the input's shape and affine, 0
+outside the brain), ``<name>_brainmask.nii.gz`` (the brain mask it used), ``<name>_mask.nii.gz``
+(the map at the run's calibrated threshold), ``<name>_overlay.png`` and a row of ``scores.csv``.
+Preprocessing, brain extraction included, comes from the run's checkpoint. Slices of several
+scans share a batch; an unreadable scan is reported and skipped, the rest are still written.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fae.calibration import fpr_key, intensity_stats, intensity_warning
-from fae.data.discover import MODALITY_ALIASES, discover, file_role
+from fae.calibration import fpr_key, intensity_warning
+from fae.data.brainmask import BrainMask, brain_mask, has_geometry, voxel_ml
+from fae.data.discover import Scan
 from fae.data.preprocess import PreparedVolume, prepare_volume, restore_volume
-from fae.data.volume import NiftiSource, Source, Volume
+from fae.data.volume import Volume
 from fae.errors import FaeInputError
-from fae.io import atomic_path, save_nifti
+from fae.io import atomic_path, derived_header, save_nifti
 from fae.methods.base import AnomalyMethod
 from fae.viz import save_overlay
 
@@ -36,62 +38,22 @@ SCORE_COLUMNS = (
     "fpr",
     "pixel_threshold",
     "slice_threshold",
+    "brain_mask",
+    "brain_ml",
     "warnings",
 )
 OVERLAY_SLICES = 24
-KNOWN_MODALITIES = set(MODALITY_ALIASES.values())
 # more of the brain than this (and than 5x the calibrated rate) above threshold: warn
 WIDESPREAD_FRACTION = 0.25
-
-
-@dataclass(frozen=True)
-class Scan:
-    """One scan to predict: an output name, the image, and its brain mask when there is one."""
-
-    name: str
-    image: Source
-    brainmask: Source | None = None
-    modality: str | None = None  # what the file name or dataset says the scan is
 
 
 @dataclass
 class _Loaded:
     scan: Scan
     volume: Volume
+    brain: BrainMask
     prepared: PreparedVolume
     warnings: list[str] = field(default_factory=list)
-
-
-def collect_scans(
-    inputs: Sequence[Path], modality: str, channels: Sequence[str] | None = None
-) -> tuple[list[Scan], list[tuple[str, str]]]:
-    """NIfTI files, dataset folders and datalists → scans (the run's modality of each subject).
-
-    Returns the scans and ``(input, problem)`` for inputs that cannot be used.
-    """
-    scans: list[Scan] = []
-    failures: list[tuple[str, str]] = []
-    for path in map(Path, inputs):
-        if not path.exists():
-            failures.append((str(path), "no such file or folder"))
-        elif path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
-            name = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
-            scans.append(Scan(name, NiftiSource(path), modality=file_role(path)[1]))
-        else:
-            try:
-                dataset = discover(path, channels)
-            except FaeInputError as err:
-                failures.append((str(err.path or path), err.problem))
-                continue
-            for subject in dataset.subjects:
-                images = subject.images
-                if modality not in images and len(images) > 1:
-                    failures.append((f"{path}/{subject.id}", f"has no {modality} image"))
-                    continue
-                key = modality if modality in images else next(iter(images))
-                known = key if key in KNOWN_MODALITIES else None
-                scans.append(Scan(subject.id, images[key], subject.brainmask, known))
-    return _unique_names(scans), failures
 
 
 def predict_scans(
@@ -102,10 +64,12 @@ def predict_scans(
     batch_size: int = 64,
     progress: bool = True,
     failures: list[tuple[str, str]] | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Predict every scan into ``out``; returns the ``scores.csv`` rows and the failures.
 
-    ``fpr`` picks the calibrated operating point (pixel and slice thresholds) of the run.
+    ``fpr`` picks the calibrated operating point (pixel and slice thresholds) of the run;
+    ``cache_dir`` keeps HD-BET's brain masks, so that a scan predicted again is not re-stripped.
     """
     pixel_t, slice_t = _thresholds(estimator, fpr)
     calibration = estimator.calibration_
@@ -146,7 +110,7 @@ def predict_scans(
     try:
         for scan in scans:
             try:
-                item = _load(scan, estimator, reference)
+                item = _load(scan, estimator, reference, cache_dir)
             except FaeInputError as err:
                 failures.append((str(err.path or scan.image), err.problem))
                 tqdm.write(f"fae: error: {err} (skipped)", file=sys.stderr)
@@ -178,19 +142,29 @@ def _thresholds(estimator: AnomalyMethod, fpr: float) -> tuple[float, float]:
     return float(calibration["pixel"][key]), float(calibration["slice"][key])
 
 
-def _load(scan: Scan, estimator: AnomalyMethod, reference: dict) -> _Loaded:
+def _load(scan: Scan, estimator: AnomalyMethod, reference: dict, cache_dir: Path | None) -> _Loaded:
     volume = scan.image.load()
-    brainmask = scan.brainmask.load() if scan.brainmask is not None else None
-    prepared = prepare_volume(volume, None, brainmask, estimator.prep)
+    given = scan.brainmask.load() if scan.brainmask is not None else None
+    prep = estimator.prep
+    brain = brain_mask(
+        volume,
+        given,
+        prep.brain_mask,
+        prep.hd_bet_mode,
+        prep.hd_bet_tta,
+        cache_dir,
+        estimator.device,
+    )
+    prepared = prepare_volume(volume, None, brain, prep)
     if len(prepared.images) == 0:
         raise FaeInputError(scan.image, "no brain found in the scan")
     warnings = []
     trained_on = estimator.meta.get("modality")
     if scan.modality and trained_on and scan.modality != trained_on:
         warnings.append(f"looks like {scan.modality}, but the run was trained on {trained_on}")
-    if (warning := intensity_warning(intensity_stats(volume, brainmask), reference)) is not None:
+    if (warning := intensity_warning(prepared.intensity, reference)) is not None:
         warnings.append(warning)
-    return _Loaded(scan, volume, prepared, warnings)
+    return _Loaded(scan, volume, brain, prepared, warnings)
 
 
 def _write_scan(
@@ -203,16 +177,17 @@ def _write_scan(
     slice_t: float,
 ) -> dict:
     prepared, volume, name = item.prepared, item.volume, item.scan.name
-    native = restore_volume(maps, prepared)
-    brain = restore_volume(prepared.masks.astype(np.float32), prepared) > 0.5
+    brain = item.brain.mask
+    native = np.where(brain, restore_volume(maps, prepared), 0.0).astype(np.float32)
     suspicious = brain & (native >= pixel_t)
-    header = volume.header.copy() if volume.header is not None else None
-    if header is not None:  # the input's scaling and display range do not apply to a map
-        header.set_slope_inter(None, None)
-        header["cal_min"] = header["cal_max"] = 0
-        header["descrip"] = b"fae anomaly map"
-    save_nifti(native, volume.affine, out / f"{name}_anomaly.nii.gz", header)
-    save_nifti(suspicious.astype(np.uint8), volume.affine, out / f"{name}_mask.nii.gz", header)
+    outputs = (
+        ("anomaly", native, "fae anomaly map"),
+        ("brainmask", brain.astype(np.uint8), f"fae brain mask ({item.brain.method})"),
+        ("mask", suspicious.astype(np.uint8), f"fae map >= threshold at FPR {fpr:g}"),
+    )
+    for suffix, data, description in outputs:
+        header = derived_header(volume.header, description)
+        save_nifti(data, volume.affine, out / f"{name}_{suffix}.nii.gz", header)
     scores = estimator.slice_scores(maps, prepared.masks)
     widespread = float(np.mean(maps[prepared.masks] >= pixel_t)) if prepared.masks.any() else 0.0
     if widespread > max(WIDESPREAD_FRACTION, 5 * fpr):
@@ -231,6 +206,10 @@ def _write_scan(
         "fpr": fpr,
         "pixel_threshold": pixel_t,
         "slice_threshold": slice_t,
+        "brain_mask": item.brain.method,
+        "brain_ml": round(float(brain.sum()) * voxel_ml(volume.affine), 1)
+        if has_geometry(volume.affine)
+        else "",
         "warnings": "; ".join(item.warnings),
     }
 
@@ -261,17 +240,3 @@ def _write_scores(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(fh, SCORE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _unique_names(scans: list[Scan]) -> list[Scan]:
-    """Make output names unique: a repeated name gets ``_2``, ``_3``... appended."""
-    used: set[str] = set()
-    unique = []
-    for scan in scans:
-        name, count = scan.name, 1
-        while name in used:
-            count += 1
-            name = f"{scan.name}_{count}"
-        used.add(name)
-        unique.append(Scan(name, scan.image, scan.brainmask, scan.modality))
-    return unique

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from fae.calibration import intensity_reference, intensity_stats
+from fae.calibration import intensity_reference
 from fae.checkpoint import load_checkpoint, save_checkpoint
-from fae.data.discover import Dataset, Subject, discover
+from fae.data.discover import Dataset, discover
 from fae.data.preprocess import PrepConfig
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
 from fae.errors import FaeInputError
@@ -64,7 +63,6 @@ def train_run(
         "channels": channels,
         "lesion_free_only": lesion_free_only,
         "splits": splits,
-        "intensity": _intensity_reference(dataset, splits["train"], modality, progress),
     }
     train, val = _training_slices(dataset, estimator, cache_dir, progress)
     return estimator.fit(train, val, run_dir=out)
@@ -98,7 +96,9 @@ def evaluate_run(
     meta = estimator.meta
     dataset = discover(data, meta.get("channels"))
     ids = _evaluation_subjects(dataset, meta, subjects, data)
-    slices = prepare_dataset(dataset, meta["modality"], estimator.prep, cache_dir, ids, progress)
+    slices = prepare_dataset(
+        dataset, meta["modality"], estimator.prep, cache_dir, ids, progress, device
+    )
     if not slices.segs.any():
         raise FaeInputError(data, "the evaluated subjects have no lesion voxels to score against")
     started = time.perf_counter()
@@ -167,12 +167,12 @@ def calibrate_run(
             raise FaeInputError(data, "none of the run's validation subjects are in this dataset")
     elif subjects != "all":
         raise FaeInputError(None, f"--subjects must be all or val, got {subjects!r}")
-    slices = prepare_dataset(dataset, modality, estimator.prep, cache_dir, ids, progress)
+    slices = prepare_dataset(dataset, modality, estimator.prep, cache_dir, ids, progress, device)
+    reference = intensity_reference(slices.intensity)
     slices = slices.lesion_free()
     if not slices.masks.any():
         raise FaeInputError(data, "no healthy brain slices to calibrate on")
     calibration = estimator.calibrate(slices, str(Path(data).resolve()))
-    reference = _intensity_reference(dataset, ids, modality, progress)
     payload = load_checkpoint(path)
     payload["calibration"] = calibration
     payload["meta"] = {**payload.get("meta", {}), "intensity": reference}
@@ -206,30 +206,26 @@ def save_best_and_worst(
 def _training_slices(
     dataset: Dataset, estimator: AnomalyMethod, cache_dir: Path | None, progress: bool
 ) -> tuple[SliceSet, SliceSet]:
+    """The run's training and validation slices; sets the intensity reference (the training
+    scans' raw intensity range, for prediction's warnings) in ``estimator.meta``."""
     meta = estimator.meta
     splits = meta["splits"]
-    train = prepare_dataset(
-        dataset, meta["modality"], estimator.prep, cache_dir, splits["train"], progress
+    train, val = (
+        prepare_dataset(
+            dataset,
+            meta["modality"],
+            estimator.prep,
+            cache_dir,
+            splits[part],
+            progress,
+            estimator.device,
+        )
+        for part in ("train", "val")
     )
-    val = prepare_dataset(
-        dataset, meta["modality"], estimator.prep, cache_dir, splits["val"], progress
-    )
+    meta["intensity"] = intensity_reference(train.intensity)
     if meta["lesion_free_only"]:
         train, val = train.lesion_free(), val.lesion_free()
     return train, val
-
-
-def _intensity_reference(
-    dataset: Dataset, ids: list[str], modality: str, progress: bool, limit: int = 20
-) -> dict:
-    """Raw intensity range of (up to ``limit``) scans, for predict-time warnings."""
-    wanted = set(ids)
-    subjects: list[Subject] = [s for s in dataset.subjects if s.id in wanted][:limit]
-    stats = []
-    for subject in tqdm(subjects, desc="intensity range", unit="scan", disable=not progress):
-        brainmask = subject.brainmask.load() if subject.brainmask is not None else None
-        stats.append(intensity_stats(subject.images[modality].load(), brainmask))
-    return intensity_reference(stats)
 
 
 def _single_modality(dataset: Dataset, wanted: str | None) -> str:

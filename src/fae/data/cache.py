@@ -16,7 +16,7 @@ from fae.data.discover import Subject
 from fae.data.preprocess import PreparedVolume, PrepConfig
 from fae.io import atomic_path
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
@@ -52,6 +52,8 @@ def load_cached(path: Path) -> PreparedVolume | None:
                 ornt=z["ornt"],
                 shape=tuple(int(v) for v in z["shape"]),
                 crop=tuple(int(v) for v in z["crop"]),
+                mask_method=str(z["mask_method"]),
+                intensity=tuple(float(v) for v in z["intensity"]),
             )
     except (OSError, KeyError, ValueError):
         return None
@@ -69,4 +71,6 @@ def save_cached(path: Path, volume: PreparedVolume) -> None:
             ornt=volume.ornt,
             shape=np.asarray(volume.shape),
             crop=np.asarray(volume.crop),
+            mask_method=np.asarray(volume.mask_method),
+            intensity=np.asarray(volume.intensity),
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -42,6 +42,7 @@ MODALITY_ALIASES = {
 }
 SEG_TOKENS = {"seg", "segmentation", "label", "labels", "lesion", "lesions", "otmulticlass", "gt"}
 SPLITS = ("train", "val", "test")
+KNOWN_MODALITIES = set(MODALITY_ALIASES.values())
 
 
 @dataclass(frozen=True)
@@ -293,3 +294,77 @@ def _slice_number(p: Path) -> tuple[str, int, bool] | None:
         return None
     m = _SLICE_RE.match(_stem(p))
     return (m["case"], int(m["n"]), bool(m["mask"])) if m else None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One image to process on its own (``fae predict``, ``fae data skullstrip``): an output
+    name, the image, and what its dataset says about it."""
+
+    name: str
+    image: Source
+    brainmask: Source | None = None
+    modality: str | None = None  # what the file name or dataset says the scan is
+    seg: Source | None = None
+    split: str | None = None
+
+
+def collect_scans(
+    inputs: Sequence[Path], modality: str, channels: Sequence[str] | None = None
+) -> tuple[list[Scan], list[tuple[str, str]]]:
+    """NIfTI files, dataset folders and datalists → scans (each subject's ``modality`` image, or
+    its only image when ``modality`` is empty or missing). Output names are the file's name
+    without extension, or the subject id, made unique with ``_2``, ``_3``...
+
+    Returns the scans and ``(input, problem)`` for inputs that cannot be used.
+    """
+    scans: list[Scan] = []
+    failures: list[tuple[str, str]] = []
+    for path in map(Path, inputs):
+        if not path.exists():
+            failures.append((str(path), "no such file or folder"))
+        elif path.is_file() and _is_nifti(path):
+            scans.append(Scan(_stem(path), NiftiSource(path), modality=file_role(path)[1]))
+        else:
+            try:
+                dataset = discover(path, channels)
+            except FaeInputError as err:
+                failures.append((str(err.path or path), err.problem))
+                continue
+            for subject in dataset.subjects:
+                images = subject.images
+                if modality not in images and len(images) > 1:
+                    problem = (
+                        f"has no {modality} image"
+                        if modality
+                        else f"has several images ({', '.join(sorted(images))}): choose one"
+                    )
+                    failures.append((f"{path}/{subject.id}", problem))
+                    continue
+                key = modality if modality in images else next(iter(images))
+                known = key if key in KNOWN_MODALITIES else None
+                scans.append(
+                    Scan(
+                        subject.id,
+                        images[key],
+                        subject.brainmask,
+                        known,
+                        subject.seg,
+                        subject.split,
+                    )
+                )
+    return unique_names(scans), failures
+
+
+def unique_names(scans: list[Scan]) -> list[Scan]:
+    """Make output names unique: a repeated name gets ``_2``, ``_3``... appended."""
+    used: set[str] = set()
+    unique = []
+    for scan in scans:
+        name, count = scan.name, 1
+        while name in used:
+            count += 1
+            name = f"{scan.name}_{count}"
+        used.add(name)
+        unique.append(replace(scan, name=name))
+    return unique

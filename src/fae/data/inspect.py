@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from fae.data.brainmask import looks_skull_stripped
 from fae.data.discover import Dataset
 from fae.data.volume import check_same_grid
 
@@ -26,6 +27,7 @@ class ScanInfo:
     seg: bool
     lesion_voxels: int
     brainmask: bool
+    auto_mask: str  # where --brain-mask auto takes the mask from: given, nonzero or hd-bet
     split: str | None
 
     def to_dict(self) -> dict:
@@ -60,6 +62,11 @@ def inspect_dataset(dataset: Dataset, progress: bool = True) -> list[ScanInfo]:
                     seg=seg is not None,
                     lesion_voxels=int(np.count_nonzero(seg.data)) if seg is not None else 0,
                     brainmask=mask is not None,
+                    auto_mask="given"
+                    if mask is not None
+                    else "nonzero"
+                    if looks_skull_stripped(vol)
+                    else "hd-bet",
                     split=subject.split,
                 )
             )
@@ -78,8 +85,9 @@ def format_report(dataset: Dataset, rows: list[ScanInfo], per_subject: bool = Tr
         f"subjects:      {n}",
         f"modalities:    {', '.join(dataset.modalities)}",
         f"segmentations: {n_seg} of {n} subjects ({with_lesion} with lesion voxels)",
-        f"brain masks:   {n_mask} of {n} subjects"
-        + ("" if n_mask == n else " (others: foreground mask computed from the image)"),
+        f"brain masks:   {n_mask} of {n} subjects given; --brain-mask auto takes "
+        + ", ".join(f"{k} for {v}" for k, v in sorted(Counter(r.auto_mask for r in rows).items()))
+        + " scans",
     ]
     splits = Counter(s.split for s in dataset.subjects if s.split)
     if splits:
@@ -100,14 +108,14 @@ def format_report(dataset: Dataset, rows: list[ScanInfo], per_subject: bool = Tr
         lines.append("")
         lines.append(
             f"{'subject':<32} {'modality':<9} {'shape':<14} {'spacing':<14} {'orient':<6} "
-            f"{'min':>9} {'max':>9} {'seg':>4} {'lesion':>8} {'mask':>5}"
+            f"{'min':>9} {'max':>9} {'seg':>4} {'lesion':>8} {'mask':>7}"
         )
         for r in rows:
             lines.append(
                 f"{r.subject:<32} {r.modality:<9} {'x'.join(map(str, r.shape)):<14} "
                 f"{_fmt(r.spacing):<14} {r.orientation:<6} "
                 f"{r.vmin:>9.4g} {r.vmax:>9.4g} {'yes' if r.seg else 'no':>4} "
-                f"{r.lesion_voxels:>8} {'yes' if r.brainmask else 'no':>5}"
+                f"{r.lesion_voxels:>8} {r.auto_mask:>7}"
             )
     return "\n".join(lines)
 

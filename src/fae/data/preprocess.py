@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Literal
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from skimage.exposure import equalize_hist
-from skimage.filters import threshold_otsu
 
+from fae.data.brainmask import BrainMask, brain_mask, check_mask_source
 from fae.data.volume import Volume, check_same_grid
 from fae.errors import FaeInputError
 
-ZERO_BACKGROUND_FRACTION = 0.2  # more exact zeros than this: treated as skull-stripped
 RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]])
 
 
@@ -38,6 +37,11 @@ class PrepConfig:
     normalize: ``"equalize"`` histogram-equalises per volume inside the brain (the paper);
         ``"minmax"`` rescales the 0.5-99.5 percentile range inside the brain to [0, 1].
     seg_threshold: resized segmentations are binarised at ``> seg_threshold`` (the paper: 0.4).
+    brain_mask: where the brain mask comes from: ``"auto"`` (the scan's own mask file, else its
+        non-zero voxels when it is skull-stripped, else HD-BET), ``"given"``, ``"hd-bet"``,
+        ``"nonzero"`` or ``"otsu"`` (see :mod:`fae.data.brainmask`).
+    hd_bet_mode, hd_bet_tta: HD-BET's ``"fast"`` (one network) or ``"accurate"`` (five) mode, and
+        whether to average mirrored copies (test-time augmentation, 8x the time).
     """
 
     size: int = 128
@@ -46,6 +50,9 @@ class PrepConfig:
     square: Literal["crop", "pad"] = "crop"
     normalize: Literal["equalize", "minmax"] = "equalize"
     seg_threshold: float = 0.4
+    brain_mask: Literal["auto", "given", "hd-bet", "otsu", "nonzero"] = "auto"
+    hd_bet_mode: Literal["fast", "accurate"] = "fast"
+    hd_bet_tta: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -60,6 +67,7 @@ class PrepConfig:
             raise FaeInputError(
                 None, f"slices must be 'brain' or (start, stop), got {self.slices!r}"
             )
+        check_mask_source(self.brain_mask, self.hd_bet_mode)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,6 +76,11 @@ class PrepConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PrepConfig:
+        """Settings saved by :meth:`to_dict`; every field must be there (a run saved by an older
+        fae, e.g. from before the brain-mask setting, raises ``KeyError``)."""
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise KeyError(f"preprocessing setting {missing[0]!r}")
         d = dict(d)
         if d.get("slices", "brain") != "brain":
             d["slices"] = tuple(d["slices"])
@@ -89,6 +102,9 @@ class PreparedVolume:
     ornt: nibabel orientation that took the input array to RAS.
     shape: the input array's shape; crop: (x0, y0, side) of the square taken in-plane
     (negative offsets mean padding).
+    mask_method: how the brain mask was obtained (``"given"``, ``"hd-bet"``, ``"nonzero"``,
+    ``"otsu"``); intensity: (1st, 99th) percentile of the raw scan inside it, the reference that
+    prediction compares new scans with.
     """
 
     images: np.ndarray
@@ -98,6 +114,8 @@ class PreparedVolume:
     ornt: np.ndarray
     shape: tuple[int, int, int]
     crop: tuple[int, int, int]
+    mask_method: str
+    intensity: tuple[float, float]
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,35 +124,39 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return nib.orientations.apply_orientation(data, ornt), ornt
 
 
-def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """Brain (or head) mask for data that comes without one, holes filled in each axial slice.
-
-    Skull-stripped scans have an exactly-zero background: there the mask is the non-zero voxels
-    (not ``> 0``, so z-scored or bias-corrected brains with negative values keep no holes).
-    Scans with a noisy background (e.g. the skull-on LGG FLAIR, background 1-10 of 255) get
-    Otsu's threshold instead, which separates the head from the air.
-    """
-    if np.mean(image == 0) > ZERO_BACKGROUND_FRACTION:
-        mask = image != 0
-    else:
-        mask = image > threshold_otsu(image)
-    for k in range(mask.shape[2]):
-        mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
-    return mask
-
-
 def prepare_volume(
     image: Volume,
     seg: Volume | None = None,
-    brainmask: Volume | None = None,
+    brainmask: Volume | BrainMask | None = None,
     config: PrepConfig = PrepConfig(),
+    cache_dir: Path | None = None,
+    device: str = "auto",
 ) -> PreparedVolume:
-    """Turn one scan (and its optional segmentation and brain mask) into prepared slices."""
-    for other, what in ((seg, "segmentation"), (brainmask, "brain mask")):
-        if other is not None:
-            check_same_grid(image, other, what)
+    """Turn one scan (and its optional segmentation) into prepared slices.
+
+    ``brainmask``: a resolved :class:`~fae.data.brainmask.BrainMask`, or the mask file that came
+    with the scan (a :class:`Volume`) or ``None``, from which ``config.brain_mask`` decides
+    (HD-BET runs on ``device``; its masks are cached in ``cache_dir``).
+    """
+    if seg is not None:
+        check_same_grid(image, seg, "segmentation")
+    if not isinstance(brainmask, BrainMask):
+        brainmask = brain_mask(
+            image,
+            brainmask,
+            config.brain_mask,
+            config.hd_bet_mode,
+            config.hd_bet_tta,
+            cache_dir,
+            device,
+        )
+    elif brainmask.mask.shape != image.data.shape:
+        raise FaeInputError(
+            image.source,
+            f"brain mask shape {brainmask.mask.shape} differs from image shape {image.data.shape}",
+        )
     data, ornt = to_ras(image.data, image.affine)
-    mask = to_ras(brainmask.data, image.affine)[0] > 0 if brainmask else foreground_mask(data)
+    mask = to_ras(brainmask.mask, image.affine)[0]
     lesion = to_ras(seg.data, image.affine)[0] > 0 if seg else np.zeros(data.shape, bool)
     mask_or_lesion = mask | lesion
 
@@ -152,7 +174,18 @@ def prepare_volume(
         ornt=ornt,
         shape=tuple(int(s) for s in image.data.shape),
         crop=crop,
+        mask_method=brainmask.method,
+        intensity=intensity_stats(image.data, brainmask.mask),
     )
+
+
+def intensity_stats(data: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(1st, 99th) percentile of a raw scan's intensities inside its brain mask."""
+    inside = data[mask]
+    if inside.size == 0:
+        return 0.0, 0.0
+    low, high = np.percentile(inside, [1, 99])
+    return float(low), float(high)
 
 
 def _select_slices(mask: np.ndarray, config: PrepConfig) -> np.ndarray:

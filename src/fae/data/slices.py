@@ -21,6 +21,8 @@ class SliceSet:
 
     images: (N, S, S) float32 in [0, 1]; segs, masks: (N, S, S) bool;
     subject: (N,) index into ``subject_ids``; slice_index: (N,) axial index in the RAS volume.
+    intensity: (n_subjects, 2) raw (1st, 99th) intensity percentiles of each subject's scan
+    inside its brain mask (``None`` where unknown), the reference for prediction's warnings.
     """
 
     images: np.ndarray
@@ -29,6 +31,7 @@ class SliceSet:
     subject: np.ndarray
     slice_index: np.ndarray
     subject_ids: tuple[str, ...]
+    intensity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -47,6 +50,7 @@ class SliceSet:
             self.subject[keep],
             self.slice_index[keep],
             self.subject_ids,
+            self.intensity,
         )
 
     def lesion_free(self) -> SliceSet:
@@ -72,15 +76,17 @@ def load_subject(
     modality: str,
     config: PrepConfig,
     cache_dir: Path | None = None,
+    device: str = "auto",
 ) -> PreparedVolume:
-    """Prepared slices of one subject, from the cache when possible."""
+    """Prepared slices of one subject, from the cache when possible (HD-BET, where the brain
+    mask needs it, runs on ``device``)."""
     path = cache_path(cache_dir, subject, modality, config) if cache_dir else None
     if path is not None and (cached := load_cached(path)) is not None:
         return cached
     image = subject.images[modality].load()
     seg = _load_optional(subject.seg)
     brainmask = _load_optional(subject.brainmask)
-    prepared = prepare_volume(image, seg, brainmask, config)
+    prepared = prepare_volume(image, seg, brainmask, config, cache_dir, device)
     if path is not None:
         save_cached(path, prepared)
     return prepared
@@ -93,12 +99,13 @@ def prepare_dataset(
     cache_dir: Path | None = None,
     subject_ids: Sequence[str] | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> SliceSet:
     """Prepare (or load from cache) the slices of every subject, or of ``subject_ids``."""
     dataset.require_modality(modality)
     subjects = [s for s in dataset.subjects if subject_ids is None or s.id in set(subject_ids)]
     volumes = [
-        load_subject(s, modality, config, cache_dir)
+        load_subject(s, modality, config, cache_dir, device)
         for s in tqdm(subjects, desc=f"preparing {modality}", unit="scan", disable=not progress)
     ]
     return stack_volumes([s.id for s in subjects], volumes, config.size)
@@ -120,6 +127,7 @@ def stack_volumes(ids: Sequence[str], volumes: Sequence[PreparedVolume], size: i
         if volumes
         else np.zeros(0, np.int32),
         subject_ids=tuple(ids),
+        intensity=np.array([v.intensity for v in volumes], np.float64).reshape(-1, 2),
     )
 
 
