@@ -32,10 +32,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from fae.data.brainmask import hd_bet_geometry, hd_bet_mask, intensity_mask
+from fae.data.brainmask import (
+    foreground,
+    hd_bet_geometry,
+    hd_bet_mask,
+    hd_bet_network,
+    intensity_mask,
+)
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.volume import Volume, load_nifti
+from fae.device import resolve_device
 from fae.io import atomic_path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -91,13 +98,14 @@ def reference(root: Path, out: dict, device: str, save) -> None:
         cases.append((folder.name, next(folder.glob("Flair*.nii.gz")), folder / "brainmask.nii.gz"))
     for flair in sorted((root / "ms-lesjak").glob("*/FLAIR*.nii.gz")):
         cases.append((flair.parent.name, flair, None))
-    for name, image_path, mask_path in tqdm(cases, desc="reference masks", unit="scan"):
-        image = load_nifti(image_path)
-        truth = load_nifti(mask_path).data > 0 if mask_path else image.data != 0
-        for mode in ("fast", "accurate"):
+    for mode in ("fast", "accurate"):
+        hd_bet_network(mode, resolve_device(device))  # load the weights before timing
+        for name, image_path, mask_path in tqdm(cases, desc=f"reference, {mode}", unit="scan"):
             key = f"{name}/{mode}"
             if key in out:
                 continue
+            image = load_nifti(image_path)
+            truth = load_nifti(mask_path).data > 0 if mask_path else foreground(image.data)
             started = time.perf_counter()
             mask = hd_bet_mask(image, mode, device=device)  # no cache: timed
             seconds = time.perf_counter() - started
@@ -143,7 +151,9 @@ def agreement(root: Path, cache: Path, device: str) -> dict:
     for subject in flair.subjects:
         if subject.id in t1_ids:
             a = hd_bet_mask(subject.images["flair"].load(), cache_dir=cache, device=device)
-            b = hd_bet_mask(t1.subject(subject.id).images["t1"].load(), cache_dir=cache)
+            b = hd_bet_mask(
+                t1.subject(subject.id).images["t1"].load(), cache_dir=cache, device=device
+            )
             scores[subject.id] = dice(a, b)
     return scores
 

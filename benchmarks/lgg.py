@@ -60,6 +60,9 @@ def main() -> None:
     prep = PrepConfig(brain_mask=args.brain_mask)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    masks = results.setdefault("brain_mask", args.brain_mask)
+    if masks != args.brain_mask:
+        parser.error(f"{args.out} holds results with --brain-mask {masks}: use another --out")
     cache = default_cache_dir()
     for name in args.datasets.split(","):
         data, modality = args.data_root / name, DATASETS[name]
@@ -154,6 +157,8 @@ def save(results: dict, out: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
+        if key == "brain_mask":
+            continue
         name, method = key.split("/")
         weights = r.get("weights", "-") or "random"
         values = " | ".join(f"{r[m]:.3f}" for m in metrics)

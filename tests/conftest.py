@@ -54,16 +54,23 @@ def flat_dataset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_accidental_hd_bet(request, monkeypatch):
+def _no_accidental_hd_bet(request, monkeypatch, tmp_path_factory):
     """HD-BET's network takes 10-20 s a scan: a test runs it only if it asks for ``real_hd_bet``;
-    ``fake_hd_bet`` stands in for it where only the plumbing around it is tested."""
-    if "real_hd_bet" in request.fixturenames or "fake_hd_bet" in request.fixturenames:
-        return
+    ``fake_hd_bet`` stands in for it where only the plumbing around it is tested. Each test gets
+    its own ``$FAE_CACHE_DIR``; a command run in a subprocess that strips a scan leaves a mask
+    there, which fails the test too."""
+    cache = tmp_path_factory.mktemp("fae-cache")
+    monkeypatch.setenv("FAE_CACHE_DIR", str(cache))
+    asked = "real_hd_bet" in request.fixturenames or "fake_hd_bet" in request.fixturenames
+    if not asked:
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("HD-BET called by a test that did not ask for it")
+        def refuse(*args, **kwargs):
+            raise AssertionError("HD-BET called by a test that did not ask for it")
 
-    monkeypatch.setattr("fae.data.brainmask._hd_bet_network", refuse)
+        monkeypatch.setattr("fae.data.brainmask.hd_bet_network", refuse)
+    yield
+    stripped = list(cache.glob("brainmask-hd-bet/*.npz"))
+    assert asked or not stripped, "a subprocess ran HD-BET in a test that did not ask for it"
 
 
 @pytest.fixture
@@ -87,7 +94,7 @@ class FakeHDBet:
 @pytest.fixture
 def fake_hd_bet(monkeypatch) -> FakeHDBet:
     fake = FakeHDBet()
-    monkeypatch.setattr("fae.data.brainmask._hd_bet_network", lambda mode, device: fake)
+    monkeypatch.setattr("fae.data.brainmask.hd_bet_network", lambda mode, device: fake)
     return fake
 
 

@@ -8,9 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from fae.data import skullstrip as skullstrip_module
 from fae.data.brainmask import (
     MASK_SOURCES,
+    background_value,
     brain_mask,
+    has_geometry,
     hd_bet_geometry,
     hd_bet_mask,
     looks_skull_stripped,
@@ -61,14 +64,59 @@ def test_auto_takes_the_given_mask_else_nonzero_for_stripped_scans_else_hd_bet(f
     result = brain_mask(stripped)
     assert result.method == "nonzero" and not fake_hd_bet.calls
     np.testing.assert_array_equal(result.mask, brain)
-    # an explicit hd-bet does not strip a skull-stripped scan again
-    assert brain_mask(stripped, None, "hd-bet").method == "nonzero"
-    assert not fake_hd_bet.calls
-
     skull_on, _ = toy_head(skull=True)
     assert not looks_skull_stripped(vol(skull_on))
     assert brain_mask(vol(skull_on)).method == "hd-bet"
     assert len(fake_hd_bet.calls) == 1
+    # an explicit hd-bet always runs HD-BET
+    assert brain_mask(stripped, None, "hd-bet").method == "hd-bet"
+    assert len(fake_hd_bet.calls) == 2
+
+
+def test_a_z_scored_skull_stripped_scan_has_its_minimum_as_background(fake_hd_bet):
+    """BRATS 2013 FLAIR: z-scored inside the brain, -3.2 everywhere outside, no exact zeros."""
+    image, brain = toy_head(skull=False)
+    z = np.where(brain, (image - image[brain].mean()) / image[brain].std(), -3.2)
+    assert not (z == 0).any()
+    assert background_value(z) == np.float32(-3.2)
+    assert looks_skull_stripped(vol(z))
+    result = brain_mask(vol(z))
+    assert result.method == "nonzero" and not fake_hd_bet.calls
+    np.testing.assert_array_equal(result.mask, brain)
+    noisy, _ = toy_head(skull=True)
+    assert background_value(noisy) is None
+
+
+def test_headers_without_orientation_count_as_without_geometry(tmp_path):
+    image, _ = toy_head(skull=False)
+    nifti = nib.Nifti1Image(image, None)
+    nifti.header.set_zooms((4.0, 4.0, 4.0))
+    path = tmp_path / "nocodes.nii.gz"
+    nib.save(nifti, path)
+    loaded = load_nifti(path)
+    assert loaded.header["qform_code"] == 0 and loaded.header["sform_code"] == 0
+    assert not np.allclose(loaded.affine, np.eye(4)), "nibabel makes up an affine"
+    assert not has_geometry(loaded) and not looks_skull_stripped(loaded)
+    assert has_geometry(vol(image)) and looks_skull_stripped(vol(image))
+    header = nib.Nifti1Image(image, np.eye(4)).header.copy()
+    header.set_sform(np.diag([4.0, 4.0, 0.0, 1.0]), code=1)  # the third axis has no length
+    header.set_qform(None, code=0)
+    nib.save(nib.Nifti1Image(image, None, header), tmp_path / "flat.nii.gz")
+    with pytest.raises(FaeInputError, match="degenerate affine"):
+        load_nifti(tmp_path / "flat.nii.gz")
+
+
+def test_hole_filling_follows_the_axial_axis_whatever_the_storage():
+    image, _ = toy_head(skull=False)
+    image[20:28, 20:28, :] = 0  # a channel from top to bottom: a hole in axial slices only
+    axial = brain_mask(vol(image), None, "otsu").mask
+    assert axial[22, 22, 20] and not (image != 0)[22, 22, 20]
+    for axcodes in ("SAR", "ILA", "LPS"):
+        data, affine = reoriented(image, np.diag([4.0, 4.0, 4.0, 1.0]), axcodes)
+        for source in ("otsu", "nonzero"):
+            stored = brain_mask(vol(data, affine=affine), None, source).mask
+            back, _ = reoriented_back(stored, axcodes)
+            np.testing.assert_array_equal(back, axial)
 
 
 def test_zero_background_alone_does_not_make_a_scan_skull_stripped(fake_hd_bet):
@@ -95,7 +143,7 @@ def test_explicit_sources():
     assert otsu.mask[brain].all()
     nonzero = brain_mask(skull_on, vol(brain), "nonzero")
     assert nonzero.method == "nonzero" and nonzero.mask.all(), "the noisy air is non-zero"
-    with pytest.raises(FaeInputError, match="no brain mask given"):
+    with pytest.raises(FaeInputError, match="no brain mask file for this scan"):
         brain_mask(skull_on, None, "given")
     with pytest.raises(FaeInputError, match="brain mask must be one of"):
         brain_mask(skull_on, None, "bet")
@@ -112,6 +160,14 @@ def reoriented(data, affine, axcodes):
     )
     out = nib.orientations.apply_orientation(data, to)
     return out, affine @ nib.orientations.inv_ornt_aff(to, data.shape)
+
+
+def reoriented_back(data, axcodes):
+    """An array stored with the axes ``axcodes`` back in RAS order."""
+    to = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(axcodes), nib.orientations.axcodes2ornt("RAS")
+    )
+    return nib.orientations.apply_orientation(data, to), to
 
 
 @pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PLS", "SAR", "ILA"])
@@ -151,12 +207,16 @@ def test_bad_spacing_is_refused(text):
         parse_spacing(text)
 
 
-def test_a_header_without_usable_voxel_size_asks_for_spacing():
-    affine = np.diag([1.0, 1.0, 0.0, 1.0])
-    affine[2, 0] = 1e-9  # not an identity affine, but a degenerate one
-    with pytest.raises(FaeInputError, match="give --spacing"):
-        hd_bet_geometry(vol(np.zeros((8, 8, 8)), affine=affine))
-    assert hd_bet_geometry(vol(np.zeros((8, 8, 8)), affine=affine), (1, 1, 2))[1] == (1, 1, 2)
+def test_a_degenerate_affine_gets_the_guess_and_spacing_overrides_it(fake_hd_bet):
+    affine = np.diag([1.0, 1.0, 0.0, 1.0])  # built in code: load_nifti refuses such files
+    data = np.zeros((16, 16, 30), np.float32)
+    data[4:12, 4:12, 5:25] = 1.0
+    assert not has_geometry(vol(data, affine=affine))
+    ornt, voxel = hd_bet_geometry(vol(data, affine=affine))
+    assert "".join(nib.orientations.ornt2axcodes(ornt)) == "PLS" and voxel == (15.0, 15.0, 6.0)
+    mask = hd_bet_mask(vol(data, affine=affine), spacing=(1.0, 1.0, 2.0))
+    assert fake_hd_bet.calls[0][1] == (2.0, 1.0, 1.0)
+    np.testing.assert_array_equal(mask, data > data.mean())
 
 
 def test_hd_bet_masks_are_cached_by_content_and_settings(fake_hd_bet, tmp_path):
@@ -241,6 +301,24 @@ def test_skullstrip_writes_masks_in_the_inputs_space_and_a_datalist(fake_hd_bet,
     assert not stripped.data[~mask].any()
 
 
+def test_skullstrip_writes_a_scans_files_all_or_none(fake_hd_bet, tmp_path, monkeypatch):
+    write_scans(tmp_path / "in")
+    scans, _ = collect_scans([tmp_path / "in"], "flair")
+    real = skullstrip_module.save_nifti
+
+    def full_disk(data, affine, path, header=None):
+        if "stripped" in path.name:
+            raise OSError(28, "No space left on device")
+        return real(data, affine, path, header)
+
+    monkeypatch.setattr(skullstrip_module, "save_nifti", full_disk)
+    out = tmp_path / "out"
+    rows, failures = skullstrip_scans(scans, out, stripped=True, progress=False)
+    assert rows == [] and len(failures) == 2
+    assert "No space left" in failures[0][1]
+    assert sorted(p.name for p in out.iterdir()) == ["brainmasks.csv", "datalist.csv"]
+
+
 def fae(*args):
     cmd = [sys.executable, "-m", "fae", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -309,7 +387,7 @@ def test_hd_bet_finding_no_brain_is_an_error_and_its_randomness_stays_inside(
         torch.rand(5)
         return (data > data.mean()).astype(np.uint8)
 
-    monkeypatch.setattr("fae.data.brainmask._hd_bet_network", lambda mode, device: drawing)
+    monkeypatch.setattr("fae.data.brainmask.hd_bet_network", lambda mode, device: drawing)
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)

@@ -224,6 +224,22 @@ def test_predict_uses_the_brain_mask_source_the_run_was_trained_with(tiny_run, t
         assert next(csv.DictReader(fh))["brain_mask"] == source
 
 
+def test_predict_can_take_brain_masks_from_elsewhere_than_the_run(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    payload = load_checkpoint(tiny_run / "run" / "checkpoint.pt")
+    payload["prep"]["brain_mask"] = "given"
+    save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "versions")},
+                    run / "checkpoint.pt")  # fmt: skip
+    data, affine = cropped(next((tiny_run / "data").glob("anomalous_*_t1.nii.gz")))
+    scan = write_nifti(tmp_path / "in" / "s_t1.nii.gz", data, affine)  # no mask file
+    r = fae("predict", "--run", run, scan, "--out", tmp_path / "a", "--no-cache")
+    assert r.returncode == 1 and "no brain mask file for this scan" in r.stderr
+    r = fae("predict", "--run", run, scan, "--out", tmp_path / "b", "--brain-mask", "nonzero")
+    assert r.returncode == 0, r.stderr
+    used = np.asarray(nib.load(tmp_path / "b" / "s_t1_brainmask.nii.gz").dataobj) > 0
+    assert (used == (data != 0)).mean() > 0.999
+
+
 def test_predict_batches_across_scans_without_changing_maps(tiny_run, tmp_path):
     est = FAE.load(tiny_run / "run", progress=False)
     scans = []
@@ -306,9 +322,16 @@ def test_predict_real_volume_keeps_its_geometry(tiny_run, tmp_path):
     assert anomaly.shape == source.shape == (240, 240, 155)
     assert nib.aff2axcodes(anomaly.affine) == nib.aff2axcodes(source.affine) == ("L", "P", "S")
     np.testing.assert_allclose(anomaly.affine, source.affine, atol=1e-5)
-    brain = np.asarray(source.dataobj) != 0
+    # z-scored and skull-stripped: the brain is what differs from the constant background
+    data = np.asarray(source.dataobj)
+    brain = np.asarray(nib.load(out / f"{path.name.split('.')[0]}_brainmask.nii.gz").dataobj) > 0
+    differs = data != data.min()
+    assert brain[differs].all() and (brain & ~differs).mean() < 1e-3, "plus holes filled"
+    assert 0.05 < brain.mean() < 0.5
     amap = np.asarray(anomaly.dataobj)
     assert amap[brain].mean() > 0 and not amap[~brain].any(), "map inside the brain only"
+    with (out / "scores.csv").open() as fh:
+        assert next(csv.DictReader(fh))["brain_mask"] == "nonzero"
 
 
 def test_output_names_stay_unique():

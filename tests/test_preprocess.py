@@ -104,5 +104,8 @@ def test_config_round_trip_and_key():
         PrepConfig(brain_mask="bet")
     old = config.to_dict()
     del old["brain_mask"]  # saved by a fae from before brain extraction
-    with pytest.raises(KeyError, match="brain_mask"):
+    with pytest.raises(FaeInputError, match="older fae .no setting 'brain_mask'.: train it"):
         PrepConfig.from_dict(old)
+    # HD-BET's settings do not matter (nor enter cache keys) for the other sources
+    assert PrepConfig(brain_mask="otsu", hd_bet_mode="accurate") == PrepConfig(brain_mask="otsu")
+    assert PrepConfig(hd_bet_mode="accurate") != PrepConfig()

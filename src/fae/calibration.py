@@ -62,6 +62,7 @@ def intensity_reference(stats: Iterable[tuple[float, float]] | np.ndarray | None
     """The range of the training scans' raw (p1, p99) intensities inside the brain
     (:attr:`~fae.data.preprocess.PreparedVolume.intensity`)."""
     stats = np.asarray(list(stats if stats is not None else []), np.float64).reshape(-1, 2)
+    stats = stats[np.isfinite(stats).all(axis=1)]  # scans without brain voxels say nothing
     if len(stats) == 0:
         return {}
     return {

@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spacing",
         metavar="X,Y,Z",
-        help="voxel size in mm along the array axes, for scans whose header has none",
+        help="voxel size in mm along the array axes, used instead of the header's for every "
+        "scan (for scans whose header has none, or a wrong one)",
     )
     p.add_argument("--stripped", action="store_true", help="also write the skull-stripped image")
     p.add_argument(
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--no-cache", action="store_true")
+    _add_brain_mask_override(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -175,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, help="brain-mask cache (default: $FAE_CACHE_DIR or ~/.cache/fae)"
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    _add_brain_mask_override(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("calibrate", help="recompute a run's thresholds on your healthy scans")
@@ -189,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--no-cache", action="store_true")
+    _add_brain_mask_override(p)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser(
@@ -230,6 +234,15 @@ def _add_channels(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channels",
         help="names of the channels of 2D slice images, e.g. t1,flair,t1ce for the LGG TIFFs",
+    )
+
+
+def _add_brain_mask_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--brain-mask",
+        choices=BRAIN_MASK_CHOICES,
+        help="where brain masks come from (default: what the run was trained with), e.g. "
+        "hd-bet for scans without the mask files of a 'given' run",
     )
 
 
@@ -458,7 +471,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fae.workflow import evaluate_run
 
     summary = evaluate_run(
-        args.run, args.data, args.out, args.subjects, cache_dir_from_args(args), args.device
+        args.run,
+        args.data,
+        args.out,
+        args.subjects,
+        cache_dir_from_args(args),
+        args.device,
+        brain_mask=args.brain_mask,
     )
     for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap"):
         print(f"{key:<12} {summary[key]:.4f}")
@@ -484,6 +503,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.batch_size,
         failures=failures,
         cache_dir=cache_dir_from_args(args),
+        brain_mask_source=args.brain_mask,
     )
     print(f"wrote {len(rows)} scans to {args.out} (scores in {args.out / 'scores.csv'})")
     if failures:
@@ -496,7 +516,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fae.workflow import calibrate_run
 
     calibration = calibrate_run(
-        args.run, args.data, cache_dir_from_args(args), args.device, subjects=args.subjects
+        args.run,
+        args.data,
+        cache_dir_from_args(args),
+        args.device,
+        subjects=args.subjects,
+        brain_mask=args.brain_mask,
     )
     print(f"calibrated on {calibration['n_slices']} healthy slices of {args.data}")
     for fpr, t in calibration["pixel"].items():

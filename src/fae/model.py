@@ -9,7 +9,8 @@ The shared machinery is :class:`fae.methods.base.AnomalyMethod`.
 from __future__ import annotations
 
 from fae.config import FAEConfig
-from fae.methods.base import AnomalyMethod, resolve_device
+from fae.device import resolve_device
+from fae.methods.base import AnomalyMethod
 from fae.nn.fae import StructuralFAE
 
 __all__ = ["FAE", "resolve_device"]

@@ -20,11 +20,17 @@ from tqdm.auto import tqdm
 
 from fae.calibration import fpr_key, intensity_warning
 from fae.data.brainmask import BrainMask, brain_mask, has_geometry, voxel_ml
-from fae.data.discover import Scan
-from fae.data.preprocess import PreparedVolume, prepare_volume, restore_volume
+from fae.data.discover import KNOWN_MODALITIES, Scan
+from fae.data.preprocess import (
+    PreparedVolume,
+    PrepConfig,
+    prepare_volume,
+    restore_volume,
+    with_brain_mask,
+)
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
-from fae.io import atomic_path, derived_header, save_nifti
+from fae.io import atomic_path, atomic_paths, derived_header, save_nifti
 from fae.methods.base import AnomalyMethod
 from fae.viz import save_overlay
 
@@ -65,12 +71,16 @@ def predict_scans(
     progress: bool = True,
     failures: list[tuple[str, str]] | None = None,
     cache_dir: Path | None = None,
+    brain_mask_source: str | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Predict every scan into ``out``; returns the ``scores.csv`` rows and the failures.
 
     ``fpr`` picks the calibrated operating point (pixel and slice thresholds) of the run;
-    ``cache_dir`` keeps HD-BET's brain masks, so that a scan predicted again is not re-stripped.
+    ``cache_dir`` keeps HD-BET's brain masks, so that a scan predicted again is not re-stripped;
+    ``brain_mask_source`` replaces the run's own (e.g. ``"hd-bet"`` for scans without the mask
+    files a ``"given"`` run was trained with).
     """
+    prep = with_brain_mask(estimator.prep, brain_mask_source)
     pixel_t, slice_t = _thresholds(estimator, fpr)
     calibration = estimator.calibration_
     healthy_max = float(calibration.get("max", 0.0))
@@ -93,8 +103,7 @@ def predict_scans(
             scan_maps = maps[start : start + n]
             start += n
             try:
-                row = _write_scan(estimator, item, scan_maps, out, fpr, pixel_t, slice_t)
-                _save_overlay(item, scan_maps, out, pixel_t, vmax, row)
+                row = _write_scan(estimator, item, scan_maps, out, fpr, pixel_t, slice_t, vmax)
                 rows.append(row)
             except (OSError, ValueError, RuntimeError) as err:  # e.g. a full disk
                 failures.append((str(item.scan.image), f"cannot write outputs ({err})"))
@@ -110,7 +119,7 @@ def predict_scans(
     try:
         for scan in scans:
             try:
-                item = _load(scan, estimator, reference, cache_dir)
+                item = _load(scan, estimator, prep, reference, cache_dir)
             except FaeInputError as err:
                 failures.append((str(err.path or scan.image), err.problem))
                 tqdm.write(f"fae: error: {err} (skipped)", file=sys.stderr)
@@ -142,10 +151,11 @@ def _thresholds(estimator: AnomalyMethod, fpr: float) -> tuple[float, float]:
     return float(calibration["pixel"][key]), float(calibration["slice"][key])
 
 
-def _load(scan: Scan, estimator: AnomalyMethod, reference: dict, cache_dir: Path | None) -> _Loaded:
+def _load(
+    scan: Scan, estimator: AnomalyMethod, prep: PrepConfig, reference: dict, cache_dir: Path | None
+) -> _Loaded:
     volume = scan.image.load()
     given = scan.brainmask.load() if scan.brainmask is not None else None
-    prep = estimator.prep
     brain = brain_mask(
         volume,
         given,
@@ -160,7 +170,8 @@ def _load(scan: Scan, estimator: AnomalyMethod, reference: dict, cache_dir: Path
         raise FaeInputError(scan.image, "no brain found in the scan")
     warnings = []
     trained_on = estimator.meta.get("modality")
-    if scan.modality and trained_on and scan.modality != trained_on:
+    said = scan.modality if scan.modality in KNOWN_MODALITIES else None
+    if said and trained_on and said != trained_on:
         warnings.append(f"looks like {scan.modality}, but the run was trained on {trained_on}")
     if (warning := intensity_warning(prepared.intensity, reference)) is not None:
         warnings.append(warning)
@@ -175,19 +186,13 @@ def _write_scan(
     fpr: float,
     pixel_t: float,
     slice_t: float,
+    vmax: float,
 ) -> dict:
+    """Write the scan's map, brain mask, thresholded mask and overlay (all or none); its row."""
     prepared, volume, name = item.prepared, item.volume, item.scan.name
     brain = item.brain.mask
     native = np.where(brain, restore_volume(maps, prepared), 0.0).astype(np.float32)
     suspicious = brain & (native >= pixel_t)
-    outputs = (
-        ("anomaly", native, "fae anomaly map"),
-        ("brainmask", brain.astype(np.uint8), f"fae brain mask ({item.brain.method})"),
-        ("mask", suspicious.astype(np.uint8), f"fae map >= threshold at FPR {fpr:g}"),
-    )
-    for suffix, data, description in outputs:
-        header = derived_header(volume.header, description)
-        save_nifti(data, volume.affine, out / f"{name}_{suffix}.nii.gz", header)
     scores = estimator.slice_scores(maps, prepared.masks)
     widespread = float(np.mean(maps[prepared.masks] >= pixel_t)) if prepared.masks.any() else 0.0
     if widespread > max(WIDESPREAD_FRACTION, 5 * fpr):
@@ -196,7 +201,7 @@ def _write_scan(
             "the scan may differ from the training data"
         )
         tqdm.write(f"fae: warning: {item.scan.image}: {item.warnings[-1]}", file=sys.stderr)
-    return {
+    row = {
         "name": name,
         "source": str(item.scan.image),
         "scan_score": float(scores.max()),
@@ -208,14 +213,25 @@ def _write_scan(
         "slice_threshold": slice_t,
         "brain_mask": item.brain.method,
         "brain_ml": round(float(brain.sum()) * voxel_ml(volume.affine), 1)
-        if has_geometry(volume.affine)
+        if has_geometry(volume)
         else "",
         "warnings": "; ".join(item.warnings),
     }
+    outputs = (
+        ("anomaly", native, "fae anomaly map"),
+        ("brainmask", brain.astype(np.uint8), f"fae brain mask ({item.brain.method})"),
+        ("mask", suspicious.astype(np.uint8), f"fae map >= threshold at FPR {fpr:g}"),
+    )
+    names = [f"{name}_{suffix}.nii.gz" for suffix, _, _ in outputs] + [f"{name}_overlay.png"]
+    with atomic_paths([out / n for n in names]) as paths:
+        for path, (_, data, description) in zip(paths, outputs, strict=False):
+            save_nifti(data, volume.affine, path, derived_header(volume.header, description))
+        _save_overlay(item, maps, paths[-1], pixel_t, vmax, row)
+    return row
 
 
 def _save_overlay(
-    item: _Loaded, maps: np.ndarray, out: Path, vmin: float, vmax: float, row: dict
+    item: _Loaded, maps: np.ndarray, path: Path, vmin: float, vmax: float, row: dict
 ) -> None:
     prepared = item.prepared
     n = len(prepared.images)
@@ -227,7 +243,7 @@ def _save_overlay(
     save_overlay(
         prepared.images[pick],
         maps[pick],
-        out / f"{item.scan.name}_overlay.png",
+        path,
         vmin,
         vmax,
         [f"z={prepared.slice_index[k]}" for k in pick],

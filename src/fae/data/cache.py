@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from fae.data.brainmask import settings_key
 from fae.data.discover import Subject
 from fae.data.preprocess import PreparedVolume, PrepConfig
 from fae.io import atomic_path
@@ -30,6 +32,8 @@ def default_cache_dir() -> Path:
 def cache_path(cache_dir: Path, subject: Subject, modality: str, config: PrepConfig) -> Path:
     """Where the prepared slices of ``subject``'s ``modality`` are cached."""
     h = hashlib.sha256(f"{CACHE_FORMAT}|{config.key()}|{modality}".encode())
+    if config.brain_mask in ("auto", "hd-bet"):
+        h.update(settings_key().encode())  # HD-BET's version and the geometry guess
     sources = [subject.images[modality], subject.seg, subject.brainmask]
     for source in sources:
         for f in source.files() if source is not None else ():
@@ -55,7 +59,7 @@ def load_cached(path: Path) -> PreparedVolume | None:
                 mask_method=str(z["mask_method"]),
                 intensity=tuple(float(v) for v in z["intensity"]),
             )
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 
 

@@ -304,7 +304,7 @@ class Scan:
     name: str
     image: Source
     brainmask: Source | None = None
-    modality: str | None = None  # what the file name or dataset says the scan is
+    modality: str | None = None  # what the file name or the dataset calls the scan
     seg: Source | None = None
     split: str | None = None
 
@@ -342,15 +342,9 @@ def collect_scans(
                     failures.append((f"{path}/{subject.id}", problem))
                     continue
                 key = modality if modality in images else next(iter(images))
-                known = key if key in KNOWN_MODALITIES else None
                 scans.append(
                     Scan(
-                        subject.id,
-                        images[key],
-                        subject.brainmask,
-                        known,
-                        subject.seg,
-                        subject.split,
+                        subject.id, images[key], subject.brainmask, key, subject.seg, subject.split
                     )
                 )
     return unique_names(scans), failures

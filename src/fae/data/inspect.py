@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from fae.data.brainmask import looks_skull_stripped
+from fae.data.brainmask import has_geometry, looks_skull_stripped
 from fae.data.discover import Dataset
 from fae.data.volume import check_same_grid
 
@@ -45,7 +45,7 @@ def inspect_dataset(dataset: Dataset, progress: bool = True) -> list[ScanInfo]:
         mask = subject.brainmask.load() if subject.brainmask else None
         for modality, source in sorted(subject.images.items()):
             vol = source.load()
-            known = not np.allclose(vol.affine, np.eye(4))  # identity: no geometry in the file
+            known = has_geometry(vol)
             if seg is not None:
                 check_same_grid(vol, seg, "segmentation")
             if mask is not None:

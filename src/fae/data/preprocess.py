@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +68,9 @@ class PrepConfig:
                 None, f"slices must be 'brain' or (start, stop), got {self.slices!r}"
             )
         check_mask_source(self.brain_mask, self.hd_bet_mode)
+        if self.brain_mask not in ("auto", "hd-bet"):  # HD-BET settings unused: one spelling
+            object.__setattr__(self, "hd_bet_mode", "fast")
+            object.__setattr__(self, "hd_bet_tta", False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -77,10 +80,12 @@ class PrepConfig:
     @classmethod
     def from_dict(cls, d: dict) -> PrepConfig:
         """Settings saved by :meth:`to_dict`; every field must be there (a run saved by an older
-        fae, e.g. from before the brain-mask setting, raises ``KeyError``)."""
+        fae, e.g. from before the brain-mask setting, is refused)."""
         missing = [f.name for f in fields(cls) if f.name not in d]
         if missing:
-            raise KeyError(f"preprocessing setting {missing[0]!r}")
+            raise FaeInputError(
+                None, f"saved by an older fae (no setting {missing[0]!r}): train it again"
+            )
         d = dict(d)
         if d.get("slices", "brain") != "brain":
             d["slices"] = tuple(d["slices"])
@@ -90,6 +95,12 @@ class PrepConfig:
         """A short hash of the settings, used to key the slice cache."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def with_brain_mask(config: PrepConfig, source: str | None) -> PrepConfig:
+    """``config`` with another brain-mask source (``None``: unchanged), e.g. to predict scans
+    that lack the mask files a run was trained with."""
+    return config if source is None else replace(config, brain_mask=source)
 
 
 @dataclass(frozen=True)
@@ -180,10 +191,11 @@ def prepare_volume(
 
 
 def intensity_stats(data: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(1st, 99th) percentile of a raw scan's intensities inside its brain mask."""
+    """(1st, 99th) percentile of a raw scan's intensities inside its brain mask (NaN when the
+    mask is empty)."""
     inside = data[mask]
     if inside.size == 0:
-        return 0.0, 0.0
+        return float("nan"), float("nan")
     low, high = np.percentile(inside, [1, 99])
     return float(low), float(high)
 

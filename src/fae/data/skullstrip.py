@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from fae.data.brainmask import (
     axial_axis,
     fill_slices,
+    foreground,
     has_geometry,
     hd_bet_geometry,
     hd_bet_mask,
@@ -30,8 +31,9 @@ from fae.data.brainmask import (
 )
 from fae.data.discover import MODALITY_ALIASES, Scan, unique_names
 from fae.data.volume import NiftiSource, Volume
+from fae.device import resolve_device
 from fae.errors import FaeInputError
-from fae.io import atomic_path, derived_header, save_nifti
+from fae.io import atomic_path, atomic_paths, derived_header, save_nifti
 
 MASK_COLUMNS = (
     "name",
@@ -67,6 +69,7 @@ def skullstrip_scans(
     HD-BET is told, see :func:`~fae.data.brainmask.hd_bet_geometry`). A rerun finds HD-BET's
     masks in ``cache_dir``.
     """
+    resolve_device(device)  # a missing GPU is one error, not one per scan
     failures = list(failures or [])
     rows: list[dict] = []
     listed: list[dict] = []
@@ -126,22 +129,21 @@ def _strip_one(
 ) -> dict:
     started = time.perf_counter()
     if not force and looks_skull_stripped(volume):
-        mask = fill_slices(volume.data != 0, axial_axis(volume.affine))
+        mask = fill_slices(foreground(volume.data), axial_axis(volume.affine))
         method, geometry, voxel = "nonzero (already skull-stripped)", "header", volume.spacing
     else:
         _, voxel = hd_bet_geometry(volume, spacing)
-        geometry = (
-            "--spacing" if spacing else "header" if has_geometry(volume.affine) else "guessed"
-        )
+        geometry = "--spacing" if spacing else "header" if has_geometry(volume) else "guessed"
         mask = hd_bet_mask(volume, mode, tta, spacing, cache_dir, device)
         method = f"hd-bet {mode}{' tta' if tta else ''}"
     seconds = time.perf_counter() - started
-    header = derived_header(volume.header, f"brain mask ({method.split(' (')[0]})")
-    save_nifti(mask.astype(np.uint8), volume.affine, out / f"{scan.name}_brainmask.nii.gz", header)
+    outputs = [(f"{scan.name}_brainmask.nii.gz", mask.astype(np.uint8), "brain mask")]
     if stripped:
         image = np.where(mask, volume.data, 0).astype(np.float32)
-        header = derived_header(volume.header, "skull-stripped")
-        save_nifti(image, volume.affine, out / f"{scan.name}_stripped.nii.gz", header)
+        outputs.append((f"{scan.name}_stripped.nii.gz", image, "skull-stripped"))
+    with atomic_paths([out / name for name, _, _ in outputs]) as paths:  # all or none
+        for path, (_, data, description) in zip(paths, outputs, strict=True):
+            save_nifti(data, volume.affine, path, derived_header(volume.header, description))
     ml = float(mask.sum()) * float(np.prod(voxel)) / 1000.0
     return {
         "name": scan.name,

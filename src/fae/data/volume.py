@@ -120,7 +120,10 @@ def load_nifti(path: str | Path) -> Volume:
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise FaeInputError(path, f"contains {bad} NaN or infinite voxels")
-    return Volume(data, np.asarray(image.affine, dtype=np.float64), image.header, str(path))
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise FaeInputError(path, "degenerate affine (a voxel axis of zero length or NaN)")
+    return Volume(data, affine, image.header, str(path))
 
 
 def check_same_grid(image: Volume, other: Volume, what: str) -> None:

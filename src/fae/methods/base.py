@@ -33,21 +33,13 @@ from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.config import TrainingConfig
 from fae.data.preprocess import PrepConfig
 from fae.data.slices import SliceSet
+from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.evaluation import evaluate_maps, top_fraction_scores
 from fae.io import atomic_path
 from fae.train import TrainState, train
 
 LOG_COLUMNS = ("step", "loss", "val_loss", "seconds")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks the GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FaeInputError(None, f"device {device!r} requested but no CUDA GPU is available")
-    return torch.device(device)
 
 
 class AnomalyMethod:
@@ -244,8 +236,12 @@ class AnomalyMethod:
         cls, payload: dict, device: str = "auto", progress: bool = True, source: Path | None = None
     ):
         try:
+            prep = PrepConfig.from_dict(payload["prep"])
+        except FaeInputError as err:
+            raise FaeInputError(source, err.problem) from None
+        try:
             est = cls(
-                prep=PrepConfig.from_dict(payload["prep"]),
+                prep=prep,
                 device=device,
                 progress=progress,
                 **payload["config"],
