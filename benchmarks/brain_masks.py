@@ -10,7 +10,8 @@
 3. ``spacing``: what the guessed geometry does: masks of LGG FLAIR patients with the guessed
    slice thickness × 0.5, 0.75, 1.5, and with the in-plane axes taken the other way round
    (the identity affine read as RAS), against the guess.
-4. ``tta``: the time of mirrored test-time augmentation on one volume.
+4. ``timing``: seconds per LGG volume (20, 36 and 88 slices) in fast and accurate mode, and
+   with mirrored test-time augmentation on the smallest, without the cache.
 
 Figures: ``docs/brainmask_lgg.png`` (mask outlines on LGG slices) and
 ``docs/brainmask_spacing.png`` (the spacing guess). Results go to ``OUT/results.json`` as they
@@ -54,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=Path("benchmark-output/brain-masks"))
-    parser.add_argument("--parts", default="reference,lgg,spacing,tta")
+    parser.add_argument("--parts", default="reference,lgg,spacing,timing")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--spacing-patients", type=int, default=6)
     args = parser.parse_args()
@@ -78,12 +79,8 @@ def main() -> None:
         montage(args.data_root, cache, args.device, DOCS / "brainmask_lgg.png")
     if "spacing" in parts:
         spacing(args.data_root / "lgg-flair", results, cache, args.device, args, save)
-    if "tta" in parts and "tta" not in results:
-        image = load_nifti(args.data_root / "lgg-flair" / "TCGA_CS_4941_19960909_flair.nii.gz")
-        started = time.perf_counter()
-        hd_bet_mask(image, "fast", tta=True, device=args.device)
-        results["tta"] = {"scan": image.source, "seconds": time.perf_counter() - started}
-        save()
+    if "timing" in parts:
+        timing(args.data_root / "lgg-flair", results.setdefault("timing", {}), args.device, save)
     print(report(results))
 
 
@@ -117,6 +114,26 @@ def reference(root: Path, out: dict, device: str, save) -> None:
                 "shape": list(image.data.shape),
             }
             save()
+
+
+def timing(data: Path, out: dict, device: str, save) -> None:
+    """Seconds per volume for each mode (weights loaded beforehand), no cache."""
+    by_slices = {}
+    for path in sorted(data.glob("*_flair.nii.gz")):
+        by_slices.setdefault(load_nifti(path).data.shape[2], path)
+    picked = [by_slices[min(by_slices, key=lambda n: abs(n - k))] for k in (20, 36, 88)]
+    runs = [(p, "fast", False) for p in picked] + [(p, "accurate", False) for p in picked]
+    runs.append((picked[0], "fast", True))
+    for path, mode, tta in tqdm(runs, desc="timing", unit="run"):
+        image = load_nifti(path)
+        key = f"{image.data.shape[2]} slices/{mode}{' tta' if tta else ''}"
+        if key in out:
+            continue
+        hd_bet_network(mode, resolve_device(device))
+        started = time.perf_counter()
+        hd_bet_mask(image, mode, tta, device=device)
+        out[key] = {"scan": path.name, "seconds": time.perf_counter() - started}
+        save()
 
 
 def lgg(data: Path, out: dict, cache: Path, device: str, save) -> None:
@@ -164,7 +181,7 @@ def montage(root: Path, cache: Path, device: str, path: Path, n: int = 8) -> Non
     t1_ids = {s.id for s in t1.subjects}
     both = [s for s in flair.subjects if s.id in t1_ids]
     picked = [both[i] for i in np.linspace(0, len(both) - 1, n).round().astype(int)]
-    figure = Figure(figsize=(2.1 * n, 4.6))
+    figure = Figure(figsize=(2.1 * n, 5.4))
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, n)
     for col, subject in enumerate(picked):
@@ -297,8 +314,11 @@ def report(results: dict) -> str:
                 f"| {r['slices']} | {factor} | {r['slice_mm']:.2f} | {r['dice_vs_guess']:.3f} | "
                 f"{r['lesion_inside']:.3f} ({r['lesion_inside_guess']:.3f}) |"
             )
-    if results.get("tta"):
-        lines.append(f"\nfast + TTA: {results['tta']['seconds']:.1f} s on {results['tta']['scan']}")
+    if results.get("timing"):
+        lines += ["", "| LGG volume | HD-BET | seconds |", "|---|---|---|"]
+        for key, r in results["timing"].items():
+            size, mode = key.split("/")
+            lines.append(f"| {size} | {mode} | {r['seconds']:.1f} |")
     return "\n".join(lines)
 
 

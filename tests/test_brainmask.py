@@ -13,6 +13,7 @@ from fae.data.brainmask import (
     MASK_SOURCES,
     background_value,
     brain_mask,
+    dark_air,
     has_geometry,
     hd_bet_geometry,
     hd_bet_mask,
@@ -393,3 +394,20 @@ def test_hd_bet_finding_no_brain_is_an_error_and_its_randomness_stays_inside(
     torch.manual_seed(0)
     hd_bet_mask(vol(image))
     assert torch.equal(torch.rand(3), expected), "the caller's random numbers are unchanged"
+
+
+def test_a_bright_background_is_darkened_for_hd_bet(fake_hd_bet):
+    """Two LGG T1 exports have mid-grey air; HD-BET sees it dark, the head untouched."""
+    image, _ = toy_head(skull=True)
+    r = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.linspace(-1, 1, n) for n in image.shape],
+                                                indexing="ij")))  # fmt: skip
+    head = r < 0.85 * 0.9
+    noise = 0.01 * np.random.default_rng(1).random(image.shape)
+    grey = np.where(head, image, 0.4 + noise).astype(np.float32)
+    darkened = dark_air(grey)
+    assert (darkened[~head] == grey.min()).mean() > 0.95, "the air"
+    np.testing.assert_array_equal(darkened[head], grey[head])
+    assert dark_air(image) is image, "dark air is left alone"
+    hd_bet_mask(vol(grey))
+    seen = fake_hd_bet.calls[0][0]  # RAS stored: LAS flips x, then (z, y, x)
+    np.testing.assert_array_equal(seen, dark_air(grey)[::-1].transpose(2, 1, 0))
