@@ -45,6 +45,7 @@ def test_prepare_then_cached(flat_dataset, tmp_path):
     r = fae(*args)
     assert r.returncode == 0, r.stderr
     assert "4 subjects" in r.stdout and "with lesion" in r.stdout
+    assert "brain masks: given 2, nonzero 2" in r.stdout
     assert len(list((tmp_path / "c").rglob("*.npz"))) == 4
 
 

@@ -50,6 +50,7 @@ def test_train_then_evaluate(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["prep"]["brain_mask"] == "nonzero", "the brain-mask source is kept in the run"
+    assert set(resolved["brain_masks"]) == {"nonzero"}, "and how the masks were made"
     assert resolved["model"]["steps"] == 3, "flags override the config file"
     assert resolved["model"]["hidden"] == [16, 32] and resolved["prep"]["size"] == 64
     assert set(resolved["splits"]) == {"train", "val", "test"} and resolved["modality"] == "t1"

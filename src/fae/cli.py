@@ -322,6 +322,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from fae.data.discover import discover
     from fae.data.slices import prepare_dataset
 
@@ -330,9 +332,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     cache_dir = cache_dir_from_args(args)
     slices = prepare_dataset(dataset, args.modality, config, cache_dir, device=args.device)
     n_lesion = int(slices.slice_labels.sum())
+    methods = Counter(slices.mask_methods)
     print(
         f"{len(slices.subject_ids)} subjects, {len(slices)} slices of {config.size}x{config.size} "
-        f"({n_lesion} with lesion, {len(slices) - n_lesion} lesion-free)"
+        f"({n_lesion} with lesion, {len(slices) - n_lesion} lesion-free); brain masks: "
+        + ", ".join(f"{method} {count}" for method, count in sorted(methods.items()))
     )
     if cache_dir is not None:
         print(f"cached in {cache_dir / ('prep-' + config.key())}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,7 @@ def _training_slices(
         for part in ("train", "val")
     )
     meta["intensity"] = intensity_reference(train.intensity)
+    meta["brain_masks"] = dict(Counter(train.mask_methods + val.mask_methods))
     if meta["lesion_free_only"]:
         train, val = train.lesion_free(), val.lesion_free()
     return train, val

@@ -22,7 +22,8 @@ class SliceSet:
     images: (N, S, S) float32 in [0, 1]; segs, masks: (N, S, S) bool;
     subject: (N,) index into ``subject_ids``; slice_index: (N,) axial index in the RAS volume.
     intensity: (n_subjects, 2) raw (1st, 99th) intensity percentiles of each subject's scan
-    inside its brain mask (``None`` where unknown), the reference for prediction's warnings.
+    inside its brain mask (``None`` where unknown), the reference for prediction's warnings;
+    mask_methods: how each subject's brain mask was obtained (``"hd-bet"``, ``"given"``...).
     """
 
     images: np.ndarray
@@ -32,6 +33,7 @@ class SliceSet:
     slice_index: np.ndarray
     subject_ids: tuple[str, ...]
     intensity: np.ndarray | None = None
+    mask_methods: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,6 +53,7 @@ class SliceSet:
             self.slice_index[keep],
             self.subject_ids,
             self.intensity,
+            self.mask_methods,
         )
 
     def lesion_free(self) -> SliceSet:
@@ -128,6 +131,7 @@ def stack_volumes(ids: Sequence[str], volumes: Sequence[PreparedVolume], size: i
         else np.zeros(0, np.int32),
         subject_ids=tuple(ids),
         intensity=np.array([v.intensity for v in volumes], np.float64).reshape(-1, 2),
+        mask_methods=tuple(v.mask_method for v in volumes),
     )
 
 
