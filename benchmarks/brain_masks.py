@@ -242,7 +242,7 @@ def spacing(data: Path, results: dict, cache: Path, device: str, args, save) -> 
 
 def _spacing_figure(shown: list, path: Path) -> None:
     colours = {0.5: "red", 0.75: "orange", 1.0: "lime", 1.5: "cyan"}
-    figure = Figure(figsize=(12, 6.4))
+    figure = Figure(figsize=(12, 7.2))
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(shown), 4)
     for row, (sid, data, lesion, masks) in enumerate(shown):
