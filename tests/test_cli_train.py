@@ -109,3 +109,16 @@ def test_missing_imagenet_weights_names_the_ways_out(tiny_data, tmp_path, monkey
     assert code == 2
     assert "--weights" in err and "--no-pretrained" in err and str(tmp_path / "hub") in err
     assert not (tmp_path / "run").exists(), "nothing written before the model can be built"
+
+
+def test_cli_precision_flags(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_data), "--out", str(run), "--no-pretrained"]
+    args += ["--steps", "2", "--batchnorm", "frozen", "--precision", "fp32"]
+    assert main(args) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["precision"] == "fp32" and saved["precision"] == "fp32"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--out", str(out),
+                 "--precision", "bf16"]) == 0  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "bf16"

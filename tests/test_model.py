@@ -56,11 +56,15 @@ def test_paper_architecture_shapes_and_size():
     assert maps.shape == (2, 1, 128, 128) and torch.isfinite(maps).all()
 
 
-def test_training_learns_and_flags_an_implanted_anomaly(healthy):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_learns_and_flags_an_implanted_anomaly(healthy, precision):
     """A short run (higher learning rate than the paper's, to learn in 80 steps) must score
-    slices with an implanted structural anomaly above the same slices without it."""
+    slices with an implanted structural anomaly above the same slices without it, in either
+    precision; the same model's maps in the other precision agree with its own."""
     fit_on = healthy.take(np.arange(len(healthy)) % 4 != 0)
-    est = FAE(prep=PREP, progress=False, **{**TINY, "steps": 80, "lr": 3e-3}).fit(fit_on)
+    params = {**TINY, "steps": 80, "lr": 3e-3, "precision": precision}
+    est = FAE(prep=PREP, progress=False, **params).fit(fit_on)
+    assert est.meta["precision"] == precision
     test = healthy.take(np.arange(len(healthy)) % 4 == 0)
     region = np.zeros((64, 64), bool)
     region[22:38, 18:34] = True
@@ -77,6 +81,12 @@ def test_training_learns_and_flags_an_implanted_anomaly(healthy):
     inside = region[None] & test.masks
     assert anomalous_maps[inside].mean() > healthy_maps[inside].mean() + 0.04
     assert not healthy_maps[~test.masks].any(), "maps are 0 outside the brain"
+    est.map_precision_override = "bf16" if precision == "fp32" else "fp32"
+    other = est.predict(anomalous, test.masks)
+    diff = np.abs(other - anomalous_maps)[test.masks]
+    contrast = anomalous_maps[inside].mean() - healthy_maps[inside].mean()
+    assert diff.mean() < 0.05 * contrast and diff.max() < contrast
+    assert np.corrcoef(other[test.masks], anomalous_maps[test.masks])[0, 1] > 0.99
 
 
 def test_same_seed_same_weights_and_checkpoint_round_trip(healthy, tmp_path):
@@ -113,11 +123,15 @@ def test_standardized_features_learn_faster(healthy):
     assert losses[True] < losses[False] - 0.05
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "killed"])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(healthy, tmp_path, monkeypatch, how):
+@pytest.mark.parametrize(
+    ("how", "precision"), [("ctrl-c", "bf16"), ("ctrl-c", "fp32"), ("killed", "bf16")]
+)
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    healthy, tmp_path, monkeypatch, how, precision
+):
     # ctrl-c: the paper's extractor BatchNorm in train mode (features recomputed every step);
-    # killed: frozen BatchNorm with cached, standardised features.
-    params = {**TINY, "steps": 6, "checkpoint_every": 3}
+    # killed: frozen BatchNorm with cached, standardised features. Exact in either precision.
+    params = {**TINY, "steps": 6, "checkpoint_every": 3, "precision": precision}
     if how == "ctrl-c":
         params["train_batchnorm"] = True
     else:

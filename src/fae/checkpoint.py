@@ -9,11 +9,11 @@ from __future__ import annotations
 import pickle
 import platform
 import zipfile
+from importlib import metadata
 from pathlib import Path, PurePath
 
 import numpy as np
 import torch
-import torchvision
 
 from fae import __version__
 from fae.errors import FaeInputError
@@ -26,7 +26,7 @@ def versions() -> dict[str, str]:
     return {
         "fae": __version__,
         "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
+        "torchvision": metadata.version("torchvision"),  # not imported: 1.3 s
         "python": platform.python_version(),
     }
 

@@ -14,6 +14,7 @@ from fae.methods.registry import METHODS
 
 # fae.data.brainmask.MASK_SOURCES, spelt out so that `fae --help` imports no numerical library
 BRAIN_MASK_CHOICES = ["auto", "given", "hd-bet", "otsu", "nonzero"]
+PRECISION_CHOICES = ["auto", "fp32", "bf16"]  # fae.runtime.PRECISIONS, without importing torch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="arithmetic of training and maps (default: auto = bf16 where the CPU or GPU has "
+        "it natively, for FAE; fp32 otherwise)",
+    )
+    p.add_argument(
         "--test-fraction",
         type=float,
         default=0.5,
@@ -155,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--no-cache", action="store_true")
     _add_brain_mask_override(p)
+    _add_precision_override(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -178,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     _add_brain_mask_override(p)
+    _add_precision_override(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("calibrate", help="recompute a run's thresholds on your healthy scans")
@@ -212,6 +221,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="TOML/YAML/JSON with one table of settings per method, e.g. [fae] backbone = ...",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="every method's precision (default: auto, bf16 only for FAE where the hardware "
+        "has it; a [method] table may set its own)",
+    )
     p.add_argument("--test-fraction", type=float, default=0.5)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
@@ -243,6 +258,14 @@ def _add_brain_mask_override(p: argparse.ArgumentParser) -> None:
         choices=BRAIN_MASK_CHOICES,
         help="where brain masks come from (default: what the run was trained with), e.g. "
         "hd-bet for scans without the mask files of a 'given' run",
+    )
+
+
+def _add_precision_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="arithmetic of the maps (default: the run's; its thresholds were calibrated in it)",
     )
 
 
@@ -416,6 +439,7 @@ def _model_params(args: argparse.Namespace) -> dict:
         "slice_score": args.slice_score,
         "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,
+        "precision": args.precision,
     }
     params.update({k: v for k, v in flags.items() if v is not None})
     if args.weights and args.no_pretrained:
@@ -482,6 +506,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir_from_args(args),
         args.device,
         brain_mask=args.brain_mask,
+        precision=args.precision,
     )
     for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap"):
         print(f"{key:<12} {summary[key]:.4f}")
@@ -494,7 +519,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fae.methods.base import load_method
     from fae.predict import predict_scans
 
-    estimator = load_method(args.run, device=args.device)
+    estimator = load_method(args.run, device=args.device, precision=args.precision)
     channels = _channels(args) or estimator.meta.get("channels")
     scans, failures = collect_scans(args.inputs, estimator.meta.get("modality", ""), channels)
     for source, problem in failures:
@@ -546,6 +571,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             args.config, f"settings must sit in per-method tables, not at the top: {loose[0]}"
         )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.precision is not None:  # the flag overrides the config file
+        overrides = {m: {**overrides.get(m, {}), "precision": args.precision} for m in methods}
     modality = args.modality or _only_modality(args.data, _channels(args))
     split = {
         "test_fraction": args.test_fraction,

@@ -14,6 +14,7 @@ import yaml
 
 from fae.errors import FaeInputError
 from fae.nn.autoencoder import DEFAULT_HIDDEN
+from fae.runtime import PRECISIONS
 
 SLICE_SCORES = ("top10", "max")
 
@@ -24,6 +25,9 @@ class TrainingConfig:
 
     slice_score: ``"top10"`` (mean of the top 10 % of map values in the brain, the paper) or
     ``"max"`` (the 2023 benchmark).
+    precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`fae.runtime`): the arithmetic of
+    training and of the run's maps; ``auto`` is bf16 where the method was validated in it and
+    the hardware has it, else fp32.
     """
 
     lr: float = 2e-4
@@ -34,6 +38,7 @@ class TrainingConfig:
     checkpoint_every: int = 500
     val_every: int = 250
     log_every: int = 25
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for problem, failed in self.problems().items():
@@ -47,6 +52,7 @@ class TrainingConfig:
             "batch_size must be at least 1": self.batch_size < 1,
             "lr must be positive": self.lr <= 0,
             f"slice_score must be one of {SLICE_SCORES}": self.slice_score not in SLICE_SCORES,
+            f"precision must be one of {PRECISIONS}": self.precision not in PRECISIONS,
             "checkpoint_every, val_every and log_every must be at least 1": min(
                 self.checkpoint_every, self.val_every, self.log_every
             )

@@ -24,6 +24,7 @@ class FAE(AnomalyMethod):
 
     name = "fae"
     config_class = FAEConfig
+    bf16_validated = True  # maps and LGG metrics checked against fp32 (README, "Speed")
 
     def build(self, load_weights: bool = True) -> StructuralFAE:
         c = self.config

@@ -3,7 +3,8 @@
 Works for any :class:`~fae.nn.module.MapModule` (its ``features``, ``training_step`` and
 optimisers). Features are computed once and reused when
 they are a fixed function of the slice (e.g. the FAE's extractor with frozen BatchNorm); else
-(``train_batchnorm``) they are recomputed per batch.
+(``train_batchnorm``) they are recomputed per batch. ``precision`` (``"fp32"`` or ``"bf16"``,
+see :mod:`fae.runtime`) sets the arithmetic of every forward pass.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from fae.config import TrainingConfig
 from fae.errors import FaeInputError
 from fae.nn.module import MapModule
+from fae.runtime import autocast, prepare_module, tune_allocator
 
 
 class EpochSampler:
@@ -74,25 +76,34 @@ class TrainState:
 
 @torch.no_grad()
 def compute_features(
-    model: MapModule, images: Tensor, device: torch.device, desc: str, progress: bool = True
+    model: MapModule,
+    images: Tensor,
+    device: torch.device,
+    desc: str,
+    progress: bool = True,
+    precision: str = "fp32",
 ) -> Tensor:
     """Frozen features of (N, 1, H, W) images, in eval mode, kept on ``device`` when it is a GPU."""
     model.eval()
     out = []
     starts = range(0, len(images), 64)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
-        out.append(model.features(images[start : start + 64].to(device)))
+        with autocast(precision, device):
+            out.append(model.features(images[start : start + 64].to(device)))
     return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
-def validation_loss(model: MapModule, features: Tensor, device: torch.device) -> float:
-    """Mean SSIM loss over validation features, in eval mode."""
+def validation_loss(
+    model: MapModule, features: Tensor, device: torch.device, precision: str = "fp32"
+) -> float:
+    """Mean training objective over validation features, in eval mode."""
     model.eval()
     total = 0.0
     for start in range(0, len(features), 64):
         batch = features[start : start + 64].to(device)
-        total += float(model.loss(batch)) * len(batch)
+        with autocast(precision, device):
+            total += float(model.loss(batch)) * len(batch)
     return total / max(len(features), 1)
 
 
@@ -106,6 +117,7 @@ def train(
     on_checkpoint: Callable[[TrainState], None] | None = None,
     on_log: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> TrainState:
     """Train ``model.trainable_parameters()`` for ``config.steps`` steps on (N, 1, H, W)
     healthy slices.
@@ -114,9 +126,10 @@ def train(
     training continues from its step with the same batches and dropout masks as an uninterrupted
     run. Ctrl-C stops at the end of the current step, writes a checkpoint and raises
     ``KeyboardInterrupt`` (a second Ctrl-C stops at once); a killed process resumes from its
-    last periodic checkpoint.
+    last periodic checkpoint. The same ``precision`` gives the same numbers on resume.
     """
-    model.to(device)
+    tune_allocator()
+    prepare_module(model, precision, device)
     optimizers = model.configure_optimizers(config.lr)
     sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
     state = TrainState(0, optimizers, sampler)
@@ -131,16 +144,17 @@ def train(
             return state
     cached = None
     if resume is None and getattr(model, "standardize_features", False):
-        raw = compute_features(
-            model, train_images, device, "features", progress
-        )  # identity statistics
+        # with identity statistics: raw features
+        raw = compute_features(model, train_images, device, "features", progress, precision)
         model.fit_feature_stats(raw)
         cached = model.standardize(raw) if model.cache_features else None
     elif model.cache_features:
-        cached = compute_features(model, train_images, device, "features", progress)
+        cached = compute_features(model, train_images, device, "features", progress, precision)
     val_features = None
     if val_images is not None and len(val_images):
-        val_features = compute_features(model, val_images, device, "val features", progress)
+        val_features = compute_features(
+            model, val_images, device, "val features", progress, precision
+        )
     # The random state is restored last, after anything above that might draw from it.
     if resume is not None:
         torch.set_rng_state(resume["torch_rng"])
@@ -162,18 +176,19 @@ def train(
                 raise KeyboardInterrupt
             idx = sampler.next()
             model.train()
-            if cached is not None:
-                features = cached[idx.to(cached.device)].to(device)
-            else:
-                features = model.features(train_images[idx].to(device))
-            last_loss = model.training_step(features, optimizers, state.step)
+            with autocast(precision, device):
+                if cached is not None:
+                    features = cached[idx.to(cached.device)].to(device)
+                else:
+                    features = model.features(train_images[idx].to(device))
+                last_loss = model.training_step(features, optimizers, state.step)
             state.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
             step = state.step
             val = None
             if val_features is not None and (step % config.val_every == 0 or step == config.steps):
-                val = validation_loss(model, val_features, device)
+                val = validation_loss(model, val_features, device, precision)
             if on_log is not None and (step % config.log_every == 0 or val is not None):
                 on_log(
                     {

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from fae.io import atomic_path
@@ -158,33 +161,45 @@ def save_overlay(
         raise ValueError("save_overlay needs the same, non-zero number of images and maps")
     labels = list(labels) if labels is not None else [""] * n
     vmax = max(vmax, vmin + 1e-6)
+    # One montage image in one axes (24 axes of their own took 0.9 s of a 2-s prediction).
+    norm = Normalize(vmin, vmax)
+    cmap = colormaps["autumn"]
+    height, width = images.shape[1:][::-1]  # rotated 90°
     rows = -(-n // columns)
+    montage = np.zeros((rows * height, columns * width, 3), np.float32)
+    for k in range(n):
+        gray = np.clip(np.rot90(images[k]), 0, 1)[..., None].repeat(3, axis=2)
+        amap = np.rot90(maps[k])
+        colour = cmap(norm(amap))[..., :3]
+        shown = (amap >= vmin)[..., None]
+        r, c = divmod(k, columns)
+        cell = np.where(shown, 0.4 * gray + 0.6 * colour, gray)
+        montage[r * height : (r + 1) * height, c * width : (c + 1) * width] = cell
     figure = Figure(
         figsize=(columns * _PANEL_INCHES + 0.9, rows * _PANEL_INCHES + 0.4), facecolor="black"
     )
     FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, columns, squeeze=False)
-    shown = None
-    for k, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_facecolor("black")
-        if k >= n:
-            ax.set_axis_off()
-            continue
-        ax.imshow(np.rot90(images[k]), cmap="gray", vmin=0, vmax=1)
-        amap = np.rot90(maps[k])
-        shown = ax.imshow(
-            np.ma.masked_less(amap, vmin), cmap="autumn", vmin=vmin, vmax=vmax, alpha=0.6
-        )
-        ax.text(2, 2, labels[k], color="yellow", fontsize=7, va="top", ha="left")
     right = 1 - 0.9 / (columns * _PANEL_INCHES + 0.9)
-    figure.subplots_adjust(left=0.01, right=right, bottom=0.01, top=0.94, wspace=0.02, hspace=0.02)
+    ax = figure.add_axes((0.01, 0.01, right - 0.01, 0.93))
+    ax.imshow(montage, interpolation="nearest")
+    ax.set_axis_off()
+    for k, label in enumerate(labels):
+        r, c = divmod(k, columns)
+        ax.text(c * width + 2, r * height + 2, label, color="yellow", fontsize=7, va="top")
     if title:
         figure.suptitle(title, color="white", fontsize=10)
-    bar = figure.colorbar(shown, cax=figure.add_axes((right + 0.01, 0.1, 0.015, 0.8)))
+    bar = figure.colorbar(
+        ScalarMappable(norm, cmap), cax=figure.add_axes((right + 0.01, 0.1, 0.015, 0.8))
+    )
     bar.set_label("anomaly score (1 - SSIM)", color="white", fontsize=8)
     bar.ax.tick_params(colors="white", labelsize=7)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, facecolor=figure.get_facecolor())
+        # zlib level 1: a third of the encoding time, a slightly larger file
+        figure.savefig(
+            tmp,
+            format="png",
+            dpi=100,
+            facecolor=figure.get_facecolor(),
+            pil_kwargs={"compress_level": 1},
+        )
     return Path(path)

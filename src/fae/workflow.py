@@ -21,6 +21,7 @@ from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.data.discover import Dataset, discover
 from fae.data.preprocess import PrepConfig, with_brain_mask
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
+from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind
 from fae.io import atomic_path
@@ -88,14 +89,16 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = True,
     brain_mask: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Evaluate a trained run on the labelled subjects of ``data``; returns the summary.
 
     ``subjects``: ``"test"`` (the run's test split), ``"all"``, or ``"auto"`` (the run's test
     split when ``data`` is the data it was trained on, else every subject). ``brain_mask``
-    replaces the run's brain-mask source (``None``: the run's).
+    replaces the run's brain-mask source, ``precision`` the arithmetic of its maps (``None``:
+    the run's).
     """
-    estimator = load_method(run, device=device, progress=progress)
+    estimator = load_method(run, device=device, progress=progress, precision=precision)
     meta = estimator.meta
     dataset = discover(data, meta.get("channels"))
     ids = _evaluation_subjects(dataset, meta, subjects, data)
@@ -120,6 +123,7 @@ def evaluate_run(
         data=str(data),
         subjects=ids,
         steps=estimator.step_,
+        precision=estimator.map_precision(resolve_device(device)),
         predict_seconds=seconds,
         slices_per_second=len(slices) / max(seconds, 1e-9),
     )
@@ -154,8 +158,9 @@ def calibrate_run(
     Slices with lesion voxels (where ``data`` has segmentations) are left out. ``subjects``:
     ``"all"``, or ``"val"`` for the run's own validation subjects (e.g. to calibrate a run
     trained before calibration existed). ``brain_mask`` replaces the run's brain-mask source for
-    these scans (``None``: the run's). The checkpoint is rewritten atomically, everything
-    else in it kept; ``calibration.json`` is written beside.
+    these scans (``None``: the run's). Maps are made in the run's precision, the one its
+    predictions use. The checkpoint is rewritten atomically, everything else in it kept;
+    ``calibration.json`` is written beside.
     """
     path = run / "checkpoint.pt" if run.is_dir() else run
     estimator = load_method(path, device=device, progress=progress)

@@ -11,7 +11,9 @@ Learned methods give that module
 - ``trainable_parameters()`` and ``cache_features`` (whether ``features`` is a fixed function of
   the slice, so it can be computed once).
 
-Methods that learn no weights set ``learns = False`` and may override :meth:`fit_statistics`.
+Methods that learn no weights set ``learns = False`` and may override :meth:`fit_statistics`;
+methods whose maps were checked to agree in bf16 with fp32 set ``bf16_validated = True``, so that
+``precision="auto"`` uses bf16 for them (:mod:`fae.runtime`).
 Everything else (training with exact resume, batching, calibration, evaluation, checkpoints that
 load with ``weights_only=True``) lives here, once.
 """
@@ -37,6 +39,7 @@ from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.evaluation import evaluate_maps, top_fraction_scores
 from fae.io import atomic_path
+from fae.runtime import autocast, prepare_module, resolve_precision, tune_allocator
 from fae.train import TrainState, train
 
 LOG_COLUMNS = ("step", "loss", "val_loss", "seconds")
@@ -53,6 +56,7 @@ class AnomalyMethod:
     name: ClassVar[str] = ""
     config_class: ClassVar[type[TrainingConfig]] = TrainingConfig
     learns: ClassVar[bool] = True  # False: no gradient training (fit_statistics only)
+    bf16_validated: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -66,6 +70,7 @@ class AnomalyMethod:
         self.prep = prep or PrepConfig()
         self.device = device
         self.progress = progress
+        self.map_precision_override: str | None = None  # set by load(precision=...)
         self.meta: dict = {}
 
     def build(self, load_weights: bool = True) -> nn.Module:
@@ -122,6 +127,10 @@ class AnomalyMethod:
             raise FaeInputError(None, "no training slices")
         val = as_slice_tensor(val_slices) if val_slices is not None else None
         device = resolve_device(self.device)
+        if resume is None or "precision" not in self.meta:  # a resumed run keeps its arithmetic
+            self.meta["precision"] = resolve_precision(
+                self.config.precision, device, self.bf16_validated
+            )
         log_path = run_dir / "train_log.csv" if run_dir else None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +158,7 @@ class AnomalyMethod:
                 checkpoint,
                 log,
                 self.progress,
+                self.meta["precision"],
             )
             self.step_ = state.step
         else:
@@ -188,15 +198,27 @@ class AnomalyMethod:
         if isinstance(images, SliceSet) or masks is None:
             images, masks = _images_and_masks(images)
         device = resolve_device(self.device)
-        model = self.model_.to(device).eval()
+        precision = self.map_precision(device)
+        tune_allocator()
+        model = prepare_module(self.model_, precision, device).eval()
         out = np.zeros(images.shape, np.float32)
         starts = range(0, len(images), batch_size)
         for start in tqdm(starts, desc="predicting", unit="batch", disable=not self.progress):
             x = torch.from_numpy(
                 np.ascontiguousarray(images[start : start + batch_size], np.float32)
             )
-            out[start : start + len(x)] = model(x[:, None].to(device))[:, 0].cpu().numpy()
+            with autocast(precision, device):
+                maps = model(x[:, None].to(device))
+            out[start : start + len(x)] = maps[:, 0].float().cpu().numpy()
         return np.where(masks, out, 0.0).astype(np.float32)
+
+    def map_precision(self, device: torch.device) -> str:
+        """The arithmetic of maps: the override given to :meth:`load`, else the run's own."""
+        if self.map_precision_override is not None:
+            return resolve_precision(self.map_precision_override, device, self.bf16_validated)
+        if "precision" in self.meta:
+            return self.meta["precision"]
+        return resolve_precision(self.config.precision, device, self.bf16_validated)
 
     def slice_scores(self, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Slice anomaly scores from maps: top-10 % mean inside the brain, or the maximum."""
@@ -219,9 +241,15 @@ class AnomalyMethod:
         return save_checkpoint(self._payload(None), Path(path))
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto", progress: bool = True):
+    def load(
+        cls,
+        path: Path,
+        device: str = "auto",
+        progress: bool = True,
+        precision: str | None = None,
+    ):
         """A trained method from a checkpoint file (or a run folder holding ``checkpoint.pt``);
-        the class is the one the checkpoint names."""
+        the class is the one the checkpoint names. ``precision`` overrides the run's for maps."""
         path = Path(path)
         if path.is_dir():
             path = path / "checkpoint.pt"
@@ -229,7 +257,9 @@ class AnomalyMethod:
         found = _class_of(payload, path)
         if not issubclass(found, cls):
             raise FaeInputError(path, f"holds a {found.name!r} run, not {cls.name!r}")
-        return found._from_payload(payload, device=device, progress=progress, source=path)
+        est = found._from_payload(payload, device=device, progress=progress, source=path)
+        est.map_precision_override = precision
+        return est
 
     @classmethod
     def _from_payload(
@@ -240,12 +270,9 @@ class AnomalyMethod:
         except FaeInputError as err:
             raise FaeInputError(source, err.problem) from None
         try:
-            est = cls(
-                prep=prep,
-                device=device,
-                progress=progress,
-                **payload["config"],
-            )
+            # runs from before the precision setting were all trained in fp32
+            config = {"precision": "fp32", **payload["config"]}
+            est = cls(prep=prep, device=device, progress=progress, **config)
             est.meta = dict(payload.get("meta", {}))
             est.model_ = est.build(load_weights=False)  # the checkpoint holds every weight
             est._load_state(payload["model"])
@@ -292,9 +319,12 @@ class AnomalyMethod:
             )
 
 
-def load_method(path: Path, device: str = "auto", progress: bool = True) -> AnomalyMethod:
-    """Any trained method from its checkpoint file or run folder."""
-    return AnomalyMethod.load(path, device=device, progress=progress)
+def load_method(
+    path: Path, device: str = "auto", progress: bool = True, precision: str | None = None
+) -> AnomalyMethod:
+    """Any trained method from its checkpoint file or run folder (``precision``: see
+    :meth:`AnomalyMethod.map_precision`)."""
+    return AnomalyMethod.load(path, device=device, progress=progress, precision=precision)
 
 
 def _class_of(payload: dict, path: Path) -> type[AnomalyMethod]:

