@@ -12,7 +12,8 @@ Variants (each adds one thing to the row above it):
 
 - ``reference fp32``: the authors' path: fp32, features recomputed every step (the extractor's
   BatchNorm trains, as in their code), glibc's allocator defaults;
-- ``+ allocator``: freed memory kept for reuse (:func:`fae.runtime.tune_allocator`);
+- ``+ allocator, per-slice SSIM maps``: freed memory kept for reuse
+  (:func:`fae.runtime.tune_allocator`), and maps' SSIM computed one slice at a time;
 - ``+ bf16``: convolutions in bfloat16 under autocast, SSIM and loss in float32;
 - ``+ channels-last``: the weights in channels-last layout: fae's default on a bf16 CPU;
 - ``cached features``: the default path with frozen BatchNorm, features computed once (a
@@ -30,6 +31,7 @@ the reference, ResNet-18).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -48,12 +50,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from tqdm.auto import tqdm
 
+import fae.nn.fae as fae_module
 from fae.data.discover import Scan
 from fae.data.preprocess import PrepConfig
 from fae.data.volume import NiftiSource
 from fae.io import atomic_path
 from fae.model import FAE
 from fae.nn.fae import StructuralFAE
+from fae.nn.ssim import ssim_map
 from fae.predict import predict_scans
 from fae.runtime import autocast, native_bf16, prepare_module, tune_allocator
 
@@ -69,13 +73,14 @@ class Variant:
     allocator: bool = False
     recompute: bool = True  # features recomputed every step (BatchNorm trains)
     compile: bool = False
+    ssim_per_slice: bool = True  # maps: SSIM one slice at a time (fae), or the whole batch
 
 
-REFERENCE = Variant("reference fp32")
+REFERENCE = Variant("reference fp32", ssim_per_slice=False)
 DEFAULT = Variant("+ channels-last (fae default)", "bf16", True, True)
 VARIANTS = (
     REFERENCE,
-    Variant("+ allocator", allocator=True),
+    Variant("+ allocator, per-slice SSIM maps", allocator=True),
     Variant("+ bf16", "bf16", allocator=True),
     DEFAULT,
     Variant("cached features", "bf16", True, True, recompute=False),
@@ -130,8 +135,12 @@ class InferBench:
 
 def _worker(conn, kind: str, variant: Variant, backbone: str, device: str) -> None:
     """A fresh process holding one bench: warms up, then times steps or profiles on request."""
+    if variant.compile:  # compile in this process: no forked compile pool holding our pipe
+        os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     torch.manual_seed(0)
     tune_allocator(variant.allocator)
+    if not variant.ssim_per_slice:  # the whole batch at once, as the authors' code and fae did
+        fae_module.ssim_map = functools.partial(ssim_map, per_slice=False)
     dev = torch.device(device)
     bench = (TrainBench if kind == "train" else InferBench)(variant, backbone, dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None

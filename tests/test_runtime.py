@@ -65,6 +65,8 @@ def test_ssim_stays_float32_inside_bf16_autocast():
     assert from_bf16.dtype == torch.float32
     channels_last = ssim_map(x.to(memory_format=torch.channels_last), y)
     assert torch.equal(channels_last, reference)
+    for per_slice in (True, False):  # maps one slice at a time: the same numbers
+        assert torch.equal(ssim_map(x, y, per_slice=per_slice), reference)
 
 
 def test_the_allocator_setting_changes_no_number():

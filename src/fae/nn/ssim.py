@@ -48,18 +48,23 @@ def ssim_map(
     sigma: float = 1.5,
     c1: float = 0.01**2,
     c2: float = 0.03**2,
+    per_slice: bool | None = None,
 ) -> Tensor:
-    """SSIM of (N, C, H, W) tensors, per pixel and channel → (N, C, H, W), 1 where identical."""
+    """SSIM of (N, C, H, W) tensors, per pixel and channel → (N, C, H, W), 1 where identical.
+
+    ``per_slice``: compute one slice at a time (the default for maps on a CPU, where no gradient
+    is needed: the temporaries stay in the cache, 1.2× faster for 64 slices of 176×32×32
+    features, the same numbers) or the whole batch at once."""
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim_map expects two (N, C, H, W) tensors, got {x.shape} and {y.shape}")
     dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
     with torch.autocast(x.device.type, enabled=False):
         x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-        if needs_grad or x.device.type != "cpu":
+        if per_slice is None:
+            needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+            per_slice = not needs_grad and x.device.type == "cpu"
+        if not per_slice:
             return _ssim_map(x, y, window_size, sigma, c1, c2)
-        # Maps only, on a CPU: one slice at a time keeps the dozen temporaries in the cache
-        # (1.2× faster for 64 slices of 176×32×32 features); the numbers are the same.
         out = torch.empty_like(x)
         for i in range(len(x)):
             out[i : i + 1] = _ssim_map(x[i : i + 1], y[i : i + 1], window_size, sigma, c1, c2)
