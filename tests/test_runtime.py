@@ -114,3 +114,9 @@ def test_runs_record_their_precision_and_old_runs_read_as_fp32(tmp_path, monkeyp
     save_checkpoint(payload, tmp_path / "old.pt")
     old = FAE.load(tmp_path / "old.pt", progress=False)
     assert old.config.precision == "fp32" and old.map_precision(CPU) == "fp32"
+
+
+def test_cli_choices_match_the_library():
+    from fae.cli import PRECISION_CHOICES
+
+    assert list(runtime.PRECISIONS) == PRECISION_CHOICES
