@@ -62,6 +62,9 @@ def test_train_then_evaluate(tiny_data, tmp_path):
 
     r = fae("train", "--resume", run)
     assert r.returncode == 0 and "trained 3 steps" in r.stdout, r.stderr
+    if not torch.cuda.is_available():  # --device reaches a resumed run too
+        r = fae("train", "--resume", run, "--device", "cuda")
+        assert r.returncode != 0 and "no CUDA GPU" in r.stderr, r.stderr
 
     out = tmp_path / "eval"
     r = fae(

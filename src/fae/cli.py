@@ -459,7 +459,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FaeInputError(None, "fae train needs --data and --out (or --resume RUN)")
     try:
         if args.resume:
-            estimator = resume_run(args.resume, cache_dir_from_args(args))
+            estimator = resume_run(args.resume, cache_dir_from_args(args), device=args.device)
         else:
             modality = args.modality or _only_modality(args.data, _channels(args))
             estimator = train_run(

@@ -191,7 +191,7 @@ def save_overlay(
     bar = figure.colorbar(
         ScalarMappable(norm, cmap), cax=figure.add_axes((right + 0.01, 0.1, 0.015, 0.8))
     )
-    bar.set_label("anomaly score (1 - SSIM)", color="white", fontsize=8)
+    bar.set_label("anomaly score", color="white", fontsize=8)
     bar.ax.tick_params(colors="white", labelsize=7)
     with atomic_path(path) as tmp:
         # zlib level 1: a third of the encoding time, a slightly larger file

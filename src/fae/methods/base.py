@@ -14,8 +14,9 @@ Learned methods give that module
 Methods that learn no weights set ``learns = False`` and may override :meth:`fit_statistics`;
 methods whose maps were checked to agree in bf16 with fp32 set ``bf16_validated = True``, so that
 ``precision="auto"`` uses bf16 for them (:mod:`fae.runtime`).
-Everything else (training with exact resume, batching, calibration, evaluation, checkpoints that
-load with ``weights_only=True``) lives here, once.
+What every method shares goes through this class: ``fit`` and ``resume`` drive the training
+loop of :mod:`fae.train` (exact resume), and prediction, calibration, evaluation and
+``weights_only`` checkpoints are written once, here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ of the first training slices (the reference's ``estimate_latent_channels``; set 
 fix it); MSE loss; Adam lr 2e-4, batch 4, 10,000 steps. The map is the channel-mean squared
 error, upsampled bilinearly to the slice.
 
-Deviation, as the issue asks: the features come from the *same* frozen extractor as the FAE
+A deliberate deviation: the features come from the *same* frozen extractor as the FAE
 (ResNet-18 layer0-2 or EfficientNet-Lite0 at /4, BatchNorm frozen) instead of the original's 12
 VGG19 layers, so that the comparison isolates the reconstruction model and loss.
 """
