@@ -30,15 +30,20 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args()
+    estimator = load_method(args.run, device="cpu")
+    meta = estimator.meta
+    dataset = discover(args.data, meta.get("channels"))
+    slices = prepare_dataset(
+        dataset,
+        meta["modality"],
+        estimator.prep,
+        default_cache_dir(),
+        meta["splits"]["test"],
+        device="cpu",
+    )
     maps, metrics = {}, {}
-    for precision in ("fp32", "bf16"):
-        estimator = load_method(args.run, device="cpu", precision=precision)
-        meta = estimator.meta
-        dataset = discover(args.data, meta.get("channels"))
-        test = meta["splits"]["test"]
-        slices = prepare_dataset(
-            dataset, meta["modality"], estimator.prep, default_cache_dir(), test, device="cpu"
-        )
+    for precision in ("fp32", "bf16"):  # the same weights and slices, maps in each precision
+        estimator.map_precision_override = precision
         maps[precision] = estimator.predict(slices)
         summary, _ = estimator.evaluate(slices, maps[precision])
         metrics[precision] = {k: summary[k] for k in METRICS}
@@ -47,7 +52,7 @@ def main() -> None:
     fp32 = maps["fp32"][inside]
     result = {
         "run": str(args.run),
-        "trained_in": estimator.meta.get("precision", "fp32"),
+        "trained_in": meta.get("precision", "fp32"),
         "slices": len(slices),
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),

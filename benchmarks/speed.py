@@ -3,8 +3,8 @@
 Every variant runs in a worker process of its own, started fresh, and the workers take turns
 (variant A, B, C, A, B, C, ...), so that machine noise hits all of them alike; the table gives
 the median over repetitions. One process per variant because the memory allocator's history
-changes a process's speed: the same fp32 step measured 2.1 s in a fresh process and 1.1–1.7 s
-in one whose heap an earlier variant had grown (README, "Speed"). The model is
+changes a process's speed: a step timed after another variant grew the heap is not the step
+a fresh process takes (README, "Speed"). The model is
 the paper's: ResNet-18 layers 0–2 (random weights: speed does not depend on them), the
 autoencoder 100-150-200-300, batch 32, 128×128 slices; EfficientNet-Lite0 (stages 3, 4, 6) too.
 
@@ -138,7 +138,8 @@ def _worker(conn, kind: str, variant: Variant, backbone: str, device: str) -> No
     if variant.compile:  # compile in this process: no forked compile pool holding our pipe
         os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     torch.manual_seed(0)
-    tune_allocator(variant.allocator)
+    if variant.allocator:  # else glibc's own defaults, untouched, as in a fresh fae before
+        tune_allocator()
     if not variant.ssim_per_slice:  # the whole batch at once, as the authors' code and fae did
         fae_module.ssim_map = functools.partial(ssim_map, per_slice=False)
     dev = torch.device(device)

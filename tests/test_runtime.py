@@ -3,6 +3,8 @@ numbers unchanged by the allocator, runs that record their arithmetic. (bf16 map
 maps of a trained model: tests/test_model.py.)"""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,6 @@ from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.errors import FaeInputError
 from fae.methods.registry import method_class
 from fae.model import FAE
-from fae.nn.fae import StructuralFAE
 from fae.nn.ssim import ssim_map
 
 CPU = torch.device("cpu")
@@ -69,25 +70,35 @@ def test_ssim_stays_float32_inside_bf16_autocast():
         assert torch.equal(ssim_map(x, y, per_slice=per_slice), reference)
 
 
-def test_the_allocator_setting_changes_no_number():
-    def train_once():
-        torch.manual_seed(0)
-        model = StructuralFAE("efficientnet-lite0", weights=None, hidden=(32, 64)).train()
-        opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
-        x = torch.from_numpy(slices(8))[:, None]
-        for _ in range(2):
-            loss = model.loss(model.features(x))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return model.state_dict()
+TRAIN_TWICE = """
+import sys, numpy as np, torch
+from fae.nn.fae import StructuralFAE
+torch.manual_seed(0)
+model = StructuralFAE("efficientnet-lite0", weights=None, hidden=(32, 64)).train()
+opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+rng = np.random.default_rng(0)
+x = torch.from_numpy(rng.uniform(0, 1, (8, 1, 64, 64)).astype(np.float32))
+if sys.argv[2] == "tuned":
+    from fae.runtime import tune_allocator
+    assert tune_allocator()  # glibc on Linux: the setting applies
+for _ in range(2):
+    loss = model.loss(model.features(x))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+torch.save(model.state_dict(), sys.argv[1])
+"""
 
-    assert runtime.tune_allocator(False) is True  # glibc on Linux: the setting applies
-    default = train_once()
-    assert runtime.tune_allocator(True) is True
-    tuned = train_once()
-    for name, value in default.items():
-        assert torch.equal(value, tuned[name]), name
+
+def test_the_allocator_setting_changes_no_number(tmp_path):
+    """The same training in two fresh processes, glibc's defaults untouched and tuned."""
+    states = {}
+    for mode in ("default", "tuned"):
+        path = tmp_path / f"{mode}.pt"
+        subprocess.run([sys.executable, "-c", TRAIN_TWICE, str(path), mode], check=True)
+        states[mode] = torch.load(path, weights_only=True)
+    for name, value in states["default"].items():
+        assert torch.equal(value, states["tuned"][name]), name
 
 
 def test_allocator_tuning_can_be_turned_off(monkeypatch):

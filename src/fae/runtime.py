@@ -22,11 +22,9 @@ from torch import nn
 from fae.errors import FaeInputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
-# (mmap max, mmap threshold, trim threshold): tuned, and where glibc's defaults settle in a
-# process that allocates large tensors (its dynamic threshold stops at 32 MiB on 64-bit)
-_TUNED = (0, 32 << 20, 2**31 - 1)
-_GLIBC = (65536, 32 << 20, 64 << 20)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+# no mmap at all, and a trim threshold so high that freed memory stays with the process
+_TUNED = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def resolve_precision(precision: str, device: torch.device, validated: bool = True) -> str:
@@ -70,23 +68,21 @@ def prepare_module(module: nn.Module, precision: str, device: torch.device) -> n
     return module.to(device, memory_format=layout)
 
 
-def tune_allocator(enable: bool = True) -> bool:
+def tune_allocator() -> bool:
     """Keep freed memory in the process for reuse (glibc only; returns whether it applied).
 
     By default glibc hands every allocation above 32 MiB to the kernel with ``mmap`` and back
     with ``munmap``; a 32-slice batch of 256×32×32 float32 features is exactly that size, so
-    every intermediate tensor of a training step was page-faulted and zeroed afresh: on the
-    2-core CPU this was about 40 % of a step (README, "Speed"). ``enable=False`` restores what
-    the defaults settle at (for side-by-side timing). ``FAE_SYSTEM_MALLOC=1`` turns it off.
+    every intermediate tensor of a training step was page-faulted and zeroed afresh (README,
+    "Speed": the largest single gain for ResNet-18). ``FAE_SYSTEM_MALLOC=1`` turns
+    it off.
     """
     if os.environ.get("FAE_SYSTEM_MALLOC") == "1" or not sys.platform.startswith("linux"):
         return False
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    params = (_M_MMAP_MAX, _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
-    values = _TUNED if enable else _GLIBC
-    return all([bool(mallopt(param, value)) for param, value in zip(params, values, strict=True)])
+    return all([bool(mallopt(param, value)) for param, value in _TUNED])
 
 
 @functools.cache
