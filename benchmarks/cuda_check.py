@@ -15,13 +15,11 @@ import json
 import tempfile
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.methods.base import load_method
 from fae.methods.registry import METHODS, method_class
 
@@ -57,9 +55,7 @@ def main() -> None:
 
 def check(name: str, settings: dict, images: np.ndarray, device: str, timed: int) -> dict:
     cls = method_class(name)
-    small = {**settings, "batch_size": 8, "steps": 4} if cls.learns else dict(settings)
-    if name == "fanogan":
-        small["gan_steps"] = 2
+    small = {**settings, "batch_size": 8, **cls.settings_for_steps(4)}
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
@@ -71,11 +67,12 @@ def check(name: str, settings: dict, images: np.ndarray, device: str, timed: int
         result["cpu_vs_gpu_max_rel_diff"] = float(np.abs(on_cpu - on_gpu).max()) / scale
         run = Path(tmp) / "run"
         if cls.learns:
-            half = {**small, "checkpoint_every": 2, "steps": 2}
-            if name == "fanogan":
-                half["gan_steps"] = 1
+            half = {**small, "checkpoint_every": 2, **cls.settings_for_steps(2)}
             cls(device=device, progress=False, **half).fit(images[:32], images[32:48], run)
-            resumed = _resume_longer(cls, run, images, device, small)
+            # the finished 2-step run trained longer, on the GPU
+            resumed = cls.resume(
+                run, images[:32], images[32:48], progress=False, device=device, steps=4
+            )
             maps = resumed.predict(images[48:64])
             result["gpu_trained_steps"] = resumed.step_
             result["gpu_maps_finite"] = bool(np.isfinite(maps).all())
@@ -83,21 +80,10 @@ def check(name: str, settings: dict, images: np.ndarray, device: str, timed: int
     return result
 
 
-def _resume_longer(cls, run: Path, images: np.ndarray, device: str, settings: dict):
-    """Resume a finished 2-step run as if it had been asked for 4 steps."""
-    payload = load_checkpoint(run / "checkpoint.pt")
-    payload["config"].update(steps=settings["steps"])
-    if "gan_steps" in settings:
-        payload["config"]["gan_steps"] = settings["gan_steps"]
-    save_checkpoint(payload, run / "checkpoint.pt")
-    return cls.resume(run, images[:32], images[32:48], progress=False, device=device)
-
-
 def _speed(cls, settings: dict, images: np.ndarray, device: str, steps: int) -> float:
     """Training steps per second at 128×128 with the method's own batch size."""
     method = cls(device=device, progress=False, **settings)
-    if hasattr(method, "choose_latent") and method.config.latent is None:  # DFR
-        method.config = replace(method.config, latent=method.choose_latent(images))
+    method.configure_from_data(images)
     torch.manual_seed(0)
     model = method.build().to(device).train()
     batch = int(method.config.batch_size)

@@ -23,8 +23,8 @@ from fae.data.preprocess import PrepConfig
 from fae.data.slices import prepare_dataset, split_subjects
 from fae.evaluation import evaluate_maps
 from fae.io import atomic_path
-from fae.methods.simple import Threshold
-from fae.workflow import evaluate_run, resume_run, train_run
+from fae.methods.statistics import Threshold
+from fae.workflow import RunSpec, evaluate_run, train_or_resume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {"lgg-t1": "t1", "lgg-flair": "flair"}
@@ -101,13 +101,11 @@ def run_fae(
     data: Path, modality: str, run: Path, params: dict, steps: int, cache: Path, prep: PrepConfig
 ) -> dict:
     started = time.perf_counter()
-    if (run / "checkpoint.pt").exists():
-        estimator = resume_run(run, cache)
-    else:
-        params = {**params, "steps": steps, "checkpoint_every": 50}
-        if params["backbone"] == "resnet18" and not _imagenet_resnet_available():
-            params["weights"] = None
-        estimator = train_run(data, run, modality, params, prep, cache_dir=cache, **SPLIT)
+    params = {**params, "steps": steps, "checkpoint_every": 50}
+    if params["backbone"] == "resnet18" and not _imagenet_resnet_available():
+        params["weights"] = None
+    spec = RunSpec(data, modality, params=params, prep=prep, **SPLIT)
+    estimator = train_or_resume(spec, run, cache)
     train_seconds = time.perf_counter() - started
     summary = evaluate_run(run, data, run / "evaluation", cache_dir=cache)
     summary.pop("subjects")

@@ -25,10 +25,10 @@ from scipy import ndimage
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
-from fae.evaluation import evaluate_maps, top_fraction_scores
+from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
-from fae.methods.simple import Threshold
+from fae.methods.statistics import Threshold
 from fae.metrics import slice_metrics, threshold_at_fpr
 
 
@@ -51,7 +51,7 @@ def analyse(slices: SliceSet, maps: np.ndarray, width: int) -> dict:
         slices.slice_index,
         slices.subject_ids,
     )
-    inner_scores = top_fraction_scores(maps, inner_masks)
+    inner_scores = slice_scores(maps, inner_masks)
     return {
         "slice_auroc_without_border": slice_metrics(inner_scores, slices.slice_labels)["auroc"],
         "fp_in_border": float((false_pos & band).sum() / max(false_pos.sum(), 1)),

@@ -23,8 +23,8 @@ import numpy as np
 
 from fae.data.discover import Scan, discover
 from fae.io import atomic_path
+from fae.methods.fae import FAE
 from fae.metrics import average_precision, dice
-from fae.model import FAE
 from fae.predict import predict_scans
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

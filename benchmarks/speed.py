@@ -50,13 +50,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from tqdm.auto import tqdm
 
-import fae.nn.fae as fae_module
+import fae.methods.fae.torch_model as fae_module
 from fae.data.discover import Scan
 from fae.data.preprocess import PrepConfig
 from fae.data.volume import NiftiSource
 from fae.io import atomic_path
-from fae.model import FAE
-from fae.nn.fae import StructuralFAE
+from fae.methods.fae import FAE, StructuralFAE
 from fae.nn.ssim import ssim_map
 from fae.predict import predict_scans
 from fae.runtime import autocast, native_bf16, prepare_module, tune_allocator

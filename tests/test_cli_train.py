@@ -50,10 +50,11 @@ def test_train_then_evaluate(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["prep"]["brain_mask"] == "nonzero", "the brain-mask source is kept in the run"
-    assert set(resolved["brain_masks"]) == {"nonzero"}, "and how the masks were made"
-    assert resolved["model"]["steps"] == 3, "flags override the config file"
-    assert resolved["model"]["hidden"] == [16, 32] and resolved["prep"]["size"] == 64
-    assert set(resolved["splits"]) == {"train", "val", "test"} and resolved["modality"] == "t1"
+    assert set(resolved["meta"]["brain_masks"]) == {"nonzero"}, "and how the masks were made"
+    assert resolved["config"]["steps"] == 3, "flags override the config file"
+    assert resolved["config"]["hidden"] == [16, 32] and resolved["prep"]["size"] == 64
+    meta = resolved["meta"]
+    assert set(meta["splits"]) == {"train", "val", "test"} and meta["modality"] == "t1"
     log = (run / "train_log.csv").read_text().splitlines()
     assert log[0] == "step,loss,val_loss,seconds" and len(log) == 4
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -82,7 +83,7 @@ def test_train_then_evaluate(tiny_data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap", "n_slices"):
         assert key in metrics
-    assert metrics["subjects"] == resolved["splits"]["test"]
+    assert metrics["subjects"] == meta["splits"]["test"]
     assert (out / "per_subject.csv").read_text().startswith("subject,slices,lesion_slices")
     assert (out / "slices.png").stat().st_size > 1000
 
@@ -120,8 +121,34 @@ def test_cli_precision_flags(tiny_data, tmp_path):
     args += ["--steps", "2", "--batchnorm", "frozen", "--precision", "fp32"]
     assert main(args) == 0
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["precision"] == "fp32" and saved["precision"] == "fp32"
+    assert saved["config"]["precision"] == "fp32" and saved["meta"]["precision"] == "fp32"
     out = tmp_path / "eval"
     assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--out", str(out),
                  "--precision", "bf16"]) == 0  # fmt: skip
     assert json.loads((out / "metrics.json").read_text())["precision"] == "bf16"
+
+
+def test_train_longer_from_the_command_line(tiny_data, tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text("hidden = [16, 32]\nbatch_size = 8\nlog_every = 1\n")
+    base = ["train", "--data", str(tiny_data), "--config", str(config), "--no-pretrained"]
+    base += ["--batchnorm", "frozen", "--size", "64", "--cache-dir", str(tmp_path / "cache")]
+    long, short = tmp_path / "long", tmp_path / "short"
+    assert main([*base, "--out", str(long), "--steps", "4"]) == 0
+    assert main([*base, "--out", str(short), "--steps", "2"]) == 0
+    assert main(["train", "--resume", str(short), "--steps", "4"]) == 0
+    a = torch.load(long / "checkpoint.pt", weights_only=True)
+    b = torch.load(short / "checkpoint.pt", weights_only=True)
+    assert b["step"] == 4 and b["config"]["steps"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    steps = [line.split(",")[0] for line in (short / "train_log.csv").read_text().splitlines()]
+    assert steps[1:] == ["1", "2", "3", "4"], "the log continues where the run stopped"
+    capsys.readouterr()
+    # the same command again finds the run finished; other settings in its folder are refused
+    assert main([*base, "--out", str(short), "--steps", "4"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    assert main([*base, "--out", str(short), "--steps", "4", "--seed", "1"]) == 2
+    assert "with seed=0, not 1: use another --out" in capsys.readouterr().err
+    assert main(["train", "--resume", str(short), "--steps", "3"]) == 2
+    assert "trained 4 steps already" in capsys.readouterr().err

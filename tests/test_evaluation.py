@@ -3,8 +3,8 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fae.data.slices import SliceSet
-from fae.evaluation import best_and_worst_slices, evaluate_maps, top_fraction_scores
-from fae.methods.simple import Threshold
+from fae.evaluation import best_and_worst_slices, evaluate_maps, slice_scores
+from fae.methods.statistics import Threshold
 from fae.viz import save_slice_figure
 
 
@@ -25,7 +25,7 @@ def test_evaluate_maps_agrees_with_sklearn_inside_the_brain():
     summary, per_subject = evaluate_maps(s, maps)
     ap = average_precision_score(s.segs[s.masks], maps[s.masks])
     assert abs(summary["pixel_ap"] - ap) < 1e-3  # streaming bins: relative 2^-12
-    scores = top_fraction_scores(maps, s.masks)
+    scores = slice_scores(maps, s.masks)
     assert summary["slice_auroc"] == roc_auc_score(s.slice_labels, scores)
     assert summary["n_pixels"] == s.masks.sum() and summary["n_lesion_pixels"] == s.segs.sum()
     assert [r["subject"] for r in per_subject] == ["a", "b"]
@@ -35,9 +35,9 @@ def test_evaluate_maps_agrees_with_sklearn_inside_the_brain():
 def test_top_fraction_score_is_mean_of_top_ten_percent():
     maps = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
     masks = np.ones_like(maps, bool)
-    assert top_fraction_scores(maps, masks)[0] == np.mean(np.arange(90, 100))
-    assert top_fraction_scores(maps, masks, fraction=0)[0] == 99
-    assert top_fraction_scores(maps, np.zeros_like(masks))[0] == 0
+    assert slice_scores(maps, masks)[0] == np.mean(np.arange(90, 100))
+    assert slice_scores(maps, masks, "max")[0] == 99
+    assert slice_scores(maps, np.zeros_like(masks))[0] == 0
 
 
 def test_best_and_worst_and_figure(tmp_path):

@@ -66,7 +66,7 @@ def test_method_fits_maps_and_round_trips(name, slices, tmp_path):
     assert pixel["0.001"] >= pixel["0.01"] >= pixel["0.05"]
     # the run folder's checkpoint loads safely, as the right class, with the same maps
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert ckpt["kind"] == name
+    assert ckpt["method"] == name
     loaded = load_method(tmp_path / "run", progress=False)
     assert type(loaded) is type(est)
     np.testing.assert_allclose(loaded.predict(slices[:4]), maps, atol=1e-5)
@@ -116,6 +116,16 @@ def test_resume_gives_identical_weights(name, slices, tmp_path):
     resumed_state = resumed.model_.state_dict()
     for key, value in full.model_.state_dict().items():
         assert torch.equal(value, resumed_state[key]), key
+    # a finished 3-step run trained longer: the same weights as 6 steps in one go
+    finished = cls(prep=PREP, progress=False, **{**params, "steps": 3})
+    finished.fit(slices[:24], slices[24:], run_dir=tmp_path / "done")
+    extended = cls.resume(tmp_path / "done", slices[:24], slices[24:], progress=False, steps=6)
+    assert extended.step_ == 6 and extended.is_finished and extended.config.steps == 6
+    extended_state = extended.model_.state_dict()
+    for key, value in full.model_.state_dict().items():
+        assert torch.equal(value, extended_state[key]), key
+    with pytest.raises(FaeInputError, match="trained 6 steps already"):
+        cls.resume(tmp_path / "done", slices[:24], slices[24:], progress=False, steps=5)
 
 
 def test_bm_is_the_per_pixel_z_score(slices):
@@ -138,7 +148,7 @@ def test_vae_map_is_the_kl_gradient_weighted_residual(slices):
     x = torch.from_numpy(slices[24:26])[:, None]
     module = est.model_.eval()
     x_grad = x.clone().requires_grad_(True)
-    reconstruction, mu, logvar = module.reconstruct(x_grad)
+    reconstruction, mu, logvar = module.reconstruct_with_latent(x_grad)
     (grad,) = torch.autograd.grad(module.kl(mu, logvar).sum(), x_grad)
     assert grad.abs().sum() > 0
     maps = est.predict(slices[24:26])
@@ -167,15 +177,15 @@ def test_summary_welch_test_against_fae():
     )
     assert summary["fae"]["pixel_ap"]["mean"] == pytest.approx(0.51)
     assert summary["threshold"]["pixel_ap"]["std"] == pytest.approx(0.01)
-    assert summary["threshold"]["welch_p_vs_fae"]["pixel_ap"] < 1e-3
-    assert "welch_p_vs_fae" not in summary["fae"]
+    assert summary["threshold"]["welch_p"]["pixel_ap"] < 1e-3
+    assert "welch_p" not in summary["fae"]
     # a method rerun elsewhere replaces its row; the test against FAE is redone
     rerun = summarize({"threshold": [run(0.5), run(0.52), run(0.51)]})
     merged = merge_summaries([summary, rerun])
     assert list(merged) == ["fae", "threshold"]
     assert merged["threshold"]["pixel_ap"]["mean"] == pytest.approx(0.51)
-    assert merged["threshold"]["welch_p_vs_fae"]["pixel_ap"] == pytest.approx(1.0)
-    assert summary["threshold"]["welch_p_vs_fae"]["pixel_ap"] < 1e-3, "inputs untouched"
+    assert merged["threshold"]["welch_p"]["pixel_ap"] == pytest.approx(1.0)
+    assert summary["threshold"]["welch_p"]["pixel_ap"] < 1e-3, "inputs untouched"
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +215,7 @@ def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp
     assert set(results) == {"fae", "threshold", "ae-mse"}
     assert results["fae"]["seeds"] == 2 and len(results["fae"]["pixel_ap"]["values"]) == 2
     assert set(results["fae"]["by_kind"]) == {"hyperintense", "hypointense"}
-    assert "welch_p_vs_fae" in results["threshold"]
+    assert "welch_p" in results["threshold"]
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["fae", "threshold", "ae-mse"]
@@ -254,7 +264,8 @@ def test_checkpoints_hold_only_plain_types(slices, tmp_path):
 
 
 def test_settings_of_the_wrong_type_are_one_line_errors(tmp_path):
-    from fae.config import FAEConfig, read_config_file
+    from fae.config import read_config_file
+    from fae.methods.fae import FAEConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("lr: 2e-4\n")  # YAML 1.1 reads this as a string
@@ -275,22 +286,28 @@ def test_benchmark_refuses_a_folder_run_with_other_settings(tiny_synthetic, tmp_
 
 
 def test_dfr_trains_through_the_workflow_with_its_latent_from_data(tiny_synthetic, tmp_path):
-    from fae.workflow import train_run
+    from fae.workflow import RunSpec, train_or_resume
 
     params = {"backbone": "efficientnet-lite0", "steps": 2, "batch_size": 4}
-    est = train_run(
-        tiny_synthetic, tmp_path / "run", "t1", params, PREP, method="dfr", progress=False
-    )
+    spec = RunSpec(tiny_synthetic, "t1", "dfr", params, PREP)
+    est = train_or_resume(spec, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["model"]["latent"] == est.config.latent >= 1
+    assert saved["config"]["latent"] == est.config.latent >= 1
 
 
-def test_benchmark_refuses_runs_of_an_older_method_version(tmp_path):
-    from fae.benchmark import _check_same_settings
+def test_runs_of_an_older_format_are_refused_naming_the_version(tmp_path, capsys):
+    from fae.cli import main
+    from fae.workflow import RunSpec, train_or_resume
 
     run = tmp_path / "run"
     run.mkdir()
-    model = {"seed": 0, "backbone": "efficientnet-lite0", "latent": 128, "batch_size": 4}
-    (run / "config.json").write_text(json.dumps({"model": model, "prep": PREP.to_dict()}))
-    with pytest.raises(FaeInputError, match="older dfr"):
-        _check_same_settings(run, "dfr", {"seed": 0}, PREP)
+    old = {"format": 1, "versions": {"fae": "0.1.0"}, "kind": "dfr", "model": {}, "config": {}}
+    torch.save(old, run / "checkpoint.pt")
+    expected = r"checkpoint format 1 \(written by fae 0\.1\.0\); this fae .* reads format 2"
+    with pytest.raises(FaeInputError, match=expected):
+        load_method(run)
+    with pytest.raises(FaeInputError, match=expected):
+        train_or_resume(RunSpec(tmp_path, "t1", "dfr", {"seed": 0}, PREP), run)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "checkpoint format 1" in err

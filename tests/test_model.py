@@ -12,9 +12,7 @@ from fae.data.slices import stack_volumes
 from fae.data.synthetic import synthesize_subject
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
-from fae.model import FAE
-from fae.nn.autoencoder import FeatureAutoencoder
-from fae.nn.fae import StructuralFAE
+from fae.methods.fae import FAE, FeatureAutoencoder, StructuralFAE
 
 PREP = PrepConfig(size=64)
 TINY = {

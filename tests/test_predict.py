@@ -17,9 +17,9 @@ from fae.data.discover import Scan
 from fae.data.preprocess import PrepConfig, prepare_volume, restore_volume
 from fae.data.synthetic import make_synthetic
 from fae.data.volume import NiftiSource, Volume
-from fae.model import FAE
+from fae.methods.fae import FAE
 from fae.predict import predict_scans
-from fae.workflow import train_run
+from fae.workflow import RunSpec, train_or_resume
 
 from conftest import head, write_nifti
 
@@ -103,15 +103,8 @@ def tiny_run(tmp_path_factory):
         "batch_size": 8,
         "steps": 3,
     }
-    train_run(
-        root / "data" / "datalist.csv",
-        root / "run",
-        "t1",
-        params,
-        prep=PrepConfig(size=64),
-        cache_dir=root / "cache",
-        progress=False,
-    )
+    spec = RunSpec(root / "data" / "datalist.csv", "t1", params=params, prep=PrepConfig(size=64))
+    train_or_resume(spec, root / "run", cache_dir=root / "cache", progress=False)
     return root
 
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import fae.runtime as runtime
-from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.errors import FaeInputError
+from fae.methods.fae import FAE
 from fae.methods.registry import method_class
-from fae.model import FAE
 from fae.nn.ssim import ssim_map
 
 CPU = torch.device("cpu")
@@ -72,7 +71,7 @@ def test_ssim_stays_float32_inside_bf16_autocast():
 
 TRAIN_TWICE = """
 import sys, numpy as np, torch
-from fae.nn.fae import StructuralFAE
+from fae.methods.fae import StructuralFAE
 torch.manual_seed(0)
 model = StructuralFAE("efficientnet-lite0", weights=None, hidden=(32, 64)).train()
 opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
@@ -106,25 +105,17 @@ def test_allocator_tuning_can_be_turned_off(monkeypatch):
     assert runtime.tune_allocator() is False
 
 
-def test_runs_record_their_precision_and_old_runs_read_as_fp32(tmp_path, monkeypatch):
+def test_runs_record_their_precision(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
     est = FAE(progress=False, **TINY).fit(slices(), run_dir=tmp_path / "auto")
     assert est.meta["precision"] == "bf16" and est.config.precision == "auto"
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
-    assert saved["precision"] == "bf16" and saved["model"]["precision"] == "auto"
+    assert saved["meta"]["precision"] == "bf16" and saved["config"]["precision"] == "auto"
     loaded = FAE.load(tmp_path / "auto", progress=False)
     assert loaded.map_precision(CPU) == "bf16"
     assert FAE.load(tmp_path / "auto", progress=False, precision="fp32").map_precision(CPU) == (
         "fp32"
     )
-    # a checkpoint written before the setting existed was trained in fp32
-    payload = load_checkpoint(tmp_path / "auto" / "checkpoint.pt")
-    del payload["config"]["precision"], payload["meta"]["precision"]
-    for key in ("format", "versions"):
-        payload.pop(key, None)
-    save_checkpoint(payload, tmp_path / "old.pt")
-    old = FAE.load(tmp_path / "old.pt", progress=False)
-    assert old.config.precision == "fp32" and old.map_precision(CPU) == "fp32"
 
 
 def test_cli_choices_match_the_library():

@@ -1,3 +1,3 @@
 """fae: unsupervised anomaly localisation in brain MRI with Structural Feature-Autoencoders."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,8 +1,9 @@
 """``fae benchmark``: every method × every seed on one dataset, then the paper's comparison.
 
-Each (method, seed) is an ordinary run folder, ``OUT/runs/<method>/seed<k>``, trained with
-``fae train``'s machinery and evaluated on the run's test subjects into ``.../eval``. Finished
-runs are never redone and interrupted ones resume, so the command can be stopped and rerun.
+Each (method, seed) is an ordinary run folder, ``OUT/runs/<method>/seed<k>``, trained by the
+run lifecycle of :mod:`fae.workflow` and evaluated on the run's test subjects into
+``.../eval``. Finished runs are never redone, interrupted ones resume and a larger ``--steps``
+extends them, so the command can be stopped and rerun.
 The summary: ``results.csv``/``results.md``/``results.json`` with mean ± std over seeds, a
 Welch t-test of FAE against every other method on each metric, ``bars.png`` (mean ± std per
 metric and method, in the style of the paper's figure) and ``pr_curves.png``; on synthetic data
@@ -12,7 +13,6 @@ metric and method, in the style of the paper's figure) and ``pr_curves.png``; on
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -22,12 +22,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from fae.checkpoint import load_checkpoint
 from fae.data.preprocess import PrepConfig
 from fae.errors import FaeInputError
 from fae.io import atomic_path
-from fae.methods.registry import METHODS, method_class
-from fae.workflow import evaluate_run, resume_run, train_run
+from fae.methods.registry import METHODS, PROPOSED, method_class
+from fae.workflow import RunSpec, evaluate_run, train_or_resume
 
 METRICS = {
     "pixel_ap": "pixel AP",
@@ -35,7 +34,7 @@ METRICS = {
     "best_dice": "best Dice",
     "slice_auroc": "slice AUROC",
 }
-REFERENCE = "fae"
+REFERENCE = PROPOSED  # every other method is t-tested against it
 
 
 def run_benchmark(
@@ -43,7 +42,7 @@ def run_benchmark(
     out: Path,
     methods: list[str],
     seeds: int,
-    modality: str,
+    modality: str | None = None,
     steps: int | None = None,
     overrides: dict[str, dict] | None = None,
     prep: PrepConfig = PrepConfig(),
@@ -53,8 +52,9 @@ def run_benchmark(
     progress: bool = True,
     channels: list[str] | None = None,
 ) -> dict:
-    """Train and evaluate every method for seeds 0..seeds-1 (skipping finished runs); write
-    and return the summary. ``overrides``: per-method settings (e.g. from a TOML table)."""
+    """Train and evaluate every method for seeds 0..seeds-1 (skipping finished runs, extending
+    runs when ``steps`` grew); write and return the summary. ``overrides``: per-method settings
+    (e.g. from a TOML table); ``split``: ``test_fraction``, ``val_fraction``, ``split_seed``."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise FaeInputError(
@@ -62,102 +62,52 @@ def run_benchmark(
         )
     if seeds < 1:
         raise FaeInputError(None, f"--seeds must be at least 1, got {seeds}")
-    split = split or {}
-    setup = {
-        "data": data,
-        "modality": modality,
-        "prep": prep,
-        "channels": channels,
-        "test_fraction": split.get("test_fraction", 0.5),
-        "val_fraction": split.get("val_fraction", 0.1),
-        "split_seed": split.get("split_seed", 0),
-        "cache_dir": cache_dir,
-        "device": device,
-        "progress": progress,
-    }
     runs: dict[str, list[dict]] = {method: [] for method in methods}
     for seed in range(seeds):  # seed by seed, so an early stop leaves every method comparable
         for method in methods:
             run = out / "runs" / method / f"seed{seed}"
-            metrics_path = run / "eval" / "metrics.json"
             params = method_params(method, seed, steps, (overrides or {}).get(method, {}))
-            _check_same_settings(run, method, params, prep)
-            if not metrics_path.exists():
-                if progress:
-                    print(f"== {method}, seed {seed}: {run}")
-                _train_or_resume(run, method, params, setup)
-                evaluate_run(run, data, run / "eval", "test", cache_dir, device, progress)
-            runs[method].append(json.loads(metrics_path.read_text()))
+            spec = RunSpec(
+                data, modality, method, params, prep, channels, **(split or {}), device=device
+            )
+            runs[method].append(_trained_and_evaluated(spec, run, cache_dir, progress))
         write_summary(summarize(runs), runs, out)  # partial tables while later seeds run
     summary = summarize(runs)
     write_summary(summary, runs, out)
     return summary
 
 
+def _trained_and_evaluated(
+    spec: RunSpec, run: Path, cache_dir: Path | None, progress: bool
+) -> dict:
+    """The metrics of one (method, seed) run on its test subjects, training or evaluating
+    only what is not done yet."""
+    metrics_path = run / "eval" / "metrics.json"
+    header = f"== {spec.method}, seed {spec.params['seed']}:"
+
+    def announce(message: str) -> None:
+        if progress:
+            print(f"{header} {message}")
+
+    est = train_or_resume(spec, run, cache_dir, progress, announce)
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics["steps"] == est.step_:
+            return metrics
+    announce(f"evaluating {run}")
+    evaluate_run(run, spec.data, run / "eval", "test", cache_dir, spec.device, progress)
+    return json.loads(metrics_path.read_text())
+
+
 def method_params(method: str, seed: int, steps: int | None, overrides: dict) -> dict:
-    """The settings of one run: the seed, the step budget (f-AnoGAN spends half of it on the
-    GAN, half on the encoder) and the user's per-method overrides, which win."""
+    """The settings of one run: the seed, the step budget (``settings_for_steps`` of the
+    method) and the user's per-method overrides, which win."""
+    steps = overrides.get("steps", steps)
     params: dict = {"seed": seed}
-    if steps is not None and method_class(method).learns:
-        params["steps"] = steps
+    if steps is not None:
+        params.update(method_class(method).settings_for_steps(steps))
     params.update(overrides)
-    if method == "fanogan" and "steps" in params and "gan_steps" not in overrides:
-        params["gan_steps"] = max(1, params["steps"] // 2)
     return params
-
-
-def _check_same_settings(run: Path, method: str, params: dict, prep: PrepConfig) -> None:
-    """A run folder from an earlier invocation must have the settings asked for now, and come
-    from this version of the method (every setting it has now was saved)."""
-    path = run / "config.json"
-    if not path.exists():
-        return
-    saved = json.loads(path.read_text())
-    model = saved.get("model", {})
-    fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
-    missing = sorted(fields - set(model))
-    if missing:
-        raise FaeInputError(
-            run, f"comes from an older {method} (no {', '.join(missing)}): use another --out"
-        )
-    for key, value in params.items():
-        if model.get(key) != value:
-            raise FaeInputError(
-                run, f"was run with {key}={model.get(key)!r}, not {value!r}: use another --out"
-            )
-    if saved.get("prep") != prep.to_dict():
-        raise FaeInputError(run, "was run with other preprocessing: use another --out")
-
-
-def _train_or_resume(run: Path, method: str, params: dict, setup: dict) -> None:
-    """Train the run, or resume it, or nothing if it is finished (trained and calibrated)."""
-    checkpoint = run / "checkpoint.pt"
-    if checkpoint.exists():
-        payload = load_checkpoint(checkpoint)
-        learns = method_class(payload.get("kind", method)).learns
-        if "calibration" in payload and (
-            not learns or payload["step"] >= payload["config"]["steps"]
-        ):
-            return
-        if "train_state" not in payload:
-            raise FaeInputError(checkpoint, "unfinished run without training state: delete it")
-        resume_run(run, setup["cache_dir"], setup["progress"], setup["device"])
-        return
-    train_run(
-        setup["data"],
-        run,
-        setup["modality"],
-        params,
-        setup["prep"],
-        setup["channels"],
-        setup["test_fraction"],
-        setup["val_fraction"],
-        setup["split_seed"],
-        cache_dir=setup["cache_dir"],
-        device=setup["device"],
-        progress=setup["progress"],
-        method=method,
-    )
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -198,7 +148,7 @@ def merge_summaries(summaries: list[dict]) -> dict:
     table: dict[str, dict] = {}
     for summary in summaries:
         for method, row in summary.items():
-            table[method] = {k: v for k, v in row.items() if k != "welch_p_vs_fae"}
+            table[method] = {k: v for k, v in row.items() if k != "welch_p"}
     return _add_welch(table)
 
 
@@ -207,7 +157,7 @@ def _add_welch(table: dict[str, dict]) -> dict:
         for method, row in table.items():
             if method == REFERENCE:
                 continue
-            row["welch_p_vs_fae"] = {
+            row["welch_p"] = {
                 metric: _welch(table[REFERENCE][metric]["values"], row[metric]["values"])
                 for metric in METRICS
             }
@@ -244,7 +194,7 @@ def write_tables(summary: dict, out: Path) -> None:
             + [f"p_{m}" for m in METRICS]
         )
         for method, row in summary.items():
-            p = row.get("welch_p_vs_fae", {})
+            p = row.get("welch_p", {})
             writer.writerow(
                 [method, row["seeds"]]
                 + [f"{row[m][s]:.6g}" for m in METRICS for s in ("mean", "std")]
@@ -260,7 +210,7 @@ def format_markdown(summary: dict) -> str:
     head = "| method | seeds | " + " | ".join(METRICS.values()) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
     for method, row in summary.items():
-        p = row.get("welch_p_vs_fae", {})
+        p = row.get("welch_p", {})
         cells = []
         for metric in METRICS:
             cell = f"{row[metric]['mean']:.3f} ± {row[metric]['std']:.3f}"

@@ -1,11 +1,13 @@
-"""Checkpoints that load with ``torch.load(..., weights_only=True)``: tensors and plain data only.
+"""The files a run is kept in: ``checkpoint.pt`` (loaded with ``weights_only=True``: tensors and
+plain data only) and ``config.json`` (the same record, readable by people).
 
-A checkpoint carries the model config, the preprocessing settings, library versions, the
-training step, model and optimiser state and the random-number state needed to resume exactly.
+Both carry the format version and the library versions that wrote them; what the record holds
+is defined by :class:`fae.methods.base.AnomalyMethod`, the only reader and writer.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import platform
 import zipfile
@@ -19,7 +21,8 @@ from fae import __version__
 from fae.errors import FaeInputError
 from fae.io import atomic_path
 
-FORMAT = 1
+# 2: keys method/config/state_dict/meta in both files (fae 0.2); 1: kind/model (fae 0.1)
+FORMAT = 2
 
 
 def versions() -> dict[str, str]:
@@ -39,6 +42,13 @@ def save_checkpoint(payload: dict, path: Path) -> Path:
     return path
 
 
+def save_config(record: dict, path: Path) -> Path:
+    """Write ``record`` (plus format and versions) atomically as JSON."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"format": FORMAT, "versions": versions(), **record}, indent=2))
+    return path
+
+
 def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -54,7 +64,8 @@ def _plain(value):
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint safely (``weights_only=True``); bad files raise :class:`FaeInputError`."""
+    """Read a checkpoint safely (``weights_only=True``); bad files, and checkpoints of another
+    format version, raise one :class:`FaeInputError`."""
     if not path.is_file():
         raise FaeInputError(path, "checkpoint not found")
     try:
@@ -63,6 +74,13 @@ def load_checkpoint(path: Path) -> dict:
         raise FaeInputError(
             path, f"not a readable fae checkpoint ({' '.join(str(err).split())[:200]})"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FaeInputError(path, f"not a fae checkpoint of format {FORMAT}")
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), int):
+        raise FaeInputError(path, "not a fae checkpoint")
+    if payload["format"] != FORMAT:
+        written = payload.get("versions", {}).get("fae", "an unknown version")
+        raise FaeInputError(
+            path,
+            f"checkpoint format {payload['format']} (written by fae {written}); this fae "
+            f"{__version__} reads format {FORMAT}: train the run again, or use fae {written}",
+        )
     return payload

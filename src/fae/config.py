@@ -1,4 +1,7 @@
-"""Hyper-parameters of a run: training settings shared by every method, and the FAE's own.
+"""Hyper-parameters every method shares, and reading them from a file.
+
+Each method derives its own config from :class:`TrainingConfig` (in its folder under
+:mod:`fae.methods`).
 
 A config can come from a TOML or YAML file (``--config``); command-line flags override it.
 """
@@ -7,16 +10,14 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
 
 from fae.errors import FaeInputError
-from fae.nn.autoencoder import DEFAULT_HIDDEN
+from fae.evaluation import SLICE_SCORES
 from fae.runtime import PRECISIONS
-
-SLICE_SCORES = ("top10", "max")
 
 
 @dataclass
@@ -51,7 +52,8 @@ class TrainingConfig:
             "steps must be at least 1": self.steps < 1,
             "batch_size must be at least 1": self.batch_size < 1,
             "lr must be positive": self.lr <= 0,
-            f"slice_score must be one of {SLICE_SCORES}": self.slice_score not in SLICE_SCORES,
+            f"slice_score must be one of {tuple(SLICE_SCORES)}": self.slice_score
+            not in SLICE_SCORES,
             f"precision must be one of {PRECISIONS}": self.precision not in PRECISIONS,
             "checkpoint_every, val_every and log_every must be at least 1": min(
                 self.checkpoint_every, self.val_every, self.log_every
@@ -72,40 +74,6 @@ class TrainingConfig:
             return cls(**d)
         except TypeError as err:  # e.g. YAML reads 2e-4 as a string
             raise FaeInputError(source, f"a setting has the wrong type ({err})") from None
-
-
-@dataclass
-class FAEConfig(TrainingConfig):
-    """Everything that defines a Feature-Autoencoder and its training (paper defaults).
-
-    weights: ``"imagenet"`` (pretrained), a path to a state-dict file, or ``None`` (random
-    initialisation: the paper's "untrained ResNet" ablation).
-    train_batchnorm: leave the extractor's BatchNorm in training mode while training, as the
-    paper's code does (features then depend on the batch and are recomputed every step). The
-    default, because it measured better on the LGG T1 development split (see the README);
-    ``False`` freezes it, so that features are computed once and training is faster.
-    standardize_features: not in the paper: z-score each feature channel with the training
-    set's statistics before the autoencoder. SSIM's constants assume values of order 1, while
-    raw CNN channels differ in scale by orders of magnitude; standardised, the autoencoder
-    learns much faster (see the README).
-    """
-
-    backbone: str = "resnet18"
-    layers: list[str] | None = None
-    weights: str | None = "imagenet"
-    train_batchnorm: bool = True
-    hidden: list[int] = field(default_factory=lambda: list(DEFAULT_HIDDEN))
-    dropout: float = 0.1
-    ssim_window: int = 5
-    ssim_sigma: float = 1.5
-    standardize_features: bool = False
-
-    def problems(self) -> dict[str, bool]:
-        return {
-            **super().problems(),
-            "dropout must be in [0, 1)": not 0 <= self.dropout < 1,
-            "ssim_window must be odd": self.ssim_window % 2 == 0,
-        }
 
 
 def read_config_file(path: Path) -> dict:

@@ -15,8 +15,8 @@ from fae.data.slices import prepare_dataset
 from fae.data.synthetic import make_synthetic
 from fae.evaluation import anomaly_kinds, evaluate_by_kind
 from fae.io import atomic_path
-from fae.methods.simple import Threshold
-from fae.workflow import resume_run, save_best_and_worst, train_run
+from fae.methods.registry import method_class
+from fae.workflow import RunSpec, save_best_and_worst, train_or_resume
 
 MODALITY = "t1"
 # The paper's model, but only 150 steps (and a 5x learning rate to make up for them) and a frozen
@@ -48,17 +48,15 @@ def run_demo(
     if steps:
         params["steps"] = steps
     cache = out / "cache"
-    if (run / "checkpoint.pt").exists():
-        estimator = resume_run(run, cache)
-    else:
-        estimator = train_run(datalist, run, MODALITY, params, cache_dir=cache, split_seed=seed)
+    spec = RunSpec(datalist, MODALITY, params=params, split_seed=seed)
+    estimator = train_or_resume(spec, run, cache)
     dataset = discover(datalist)
     slices = prepare_dataset(
         dataset, MODALITY, estimator.prep, cache, estimator.meta["splits"]["test"]
     )
     kinds = anomaly_kinds(data_dir)
     fae_maps = estimator.predict(slices)
-    threshold_maps = Threshold(progress=False).fit(slices).predict(slices)
+    threshold_maps = method_class("threshold")(progress=False).fit(slices).predict(slices)
     results = {
         "steps": estimator.step_,
         "fae": evaluate_by_kind(

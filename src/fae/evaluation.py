@@ -13,13 +13,19 @@ import numpy as np
 
 from fae.data.slices import SliceSet
 from fae.metrics import PixelMetrics, per_subject_dice, slice_metrics
+from fae.runtime import chunks
+
+# slice score → the top fraction of a slice's brain pixels it averages (0: the maximum)
+SLICE_SCORES = {"top10": 0.1, "max": 0.0}
 
 
-def top_fraction_scores(maps: np.ndarray, masks: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Slice score: mean of the top ``fraction`` of map values inside the brain (0 without brain).
+def slice_scores(maps: np.ndarray, masks: np.ndarray, kind: str = "top10") -> np.ndarray:
+    """(N,) slice anomaly scores of (N, S, S) maps inside the brain ``masks`` (0 without brain).
 
-    The paper's slice score with ``fraction=0.1``; ``fraction=0`` gives the maximum.
+    ``"top10"``: the mean of the top 10 % of map values (the FAE paper); ``"max"``: the maximum
+    (the 2023 benchmark).
     """
+    fraction = SLICE_SCORES[kind]
     scores = np.zeros(len(maps), dtype=np.float64)
     for i, (m, b) in enumerate(zip(maps, masks, strict=True)):
         values = m[b]
@@ -33,7 +39,7 @@ def top_fraction_scores(maps: np.ndarray, masks: np.ndarray, fraction: float = 0
 def evaluate_maps(
     slices: SliceSet,
     maps: np.ndarray,
-    slice_scores: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
     max_fpr: float = 0.05,
 ) -> tuple[dict, list[dict]]:
     """Metrics of anomaly ``maps`` (N, S, S) against ``slices``' segmentations.
@@ -43,15 +49,14 @@ def evaluate_maps(
     """
     if maps.shape != slices.images.shape:
         raise ValueError(f"maps shape {maps.shape} differs from slices {slices.images.shape}")
-    if slice_scores is None:
-        slice_scores = top_fraction_scores(maps, slices.masks)
+    if scores is None:
+        scores = slice_scores(maps, slices.masks)
     pixel = PixelMetrics()
-    for start in range(0, len(slices), 256):
-        part = slice(start, start + 256)
+    for part in chunks(len(slices), 256):
         pixel.update(maps[part], slices.segs[part], mask=slices.masks[part])
     result = pixel.compute(max_fpr=max_fpr)
     labels = slices.slice_labels
-    slice_result = slice_metrics(slice_scores, labels)
+    slice_result = slice_metrics(scores, labels)
     threshold = result["threshold_at_fpr"]
     per_subject = []
     for i, sid in enumerate(slices.subject_ids):
@@ -110,17 +115,17 @@ def best_and_worst_slices(
 
 
 def evaluate_by_kind(
-    slices: SliceSet, maps: np.ndarray, kinds: dict[str, str], slice_scores=None
+    slices: SliceSet, maps: np.ndarray, kinds: dict[str, str], scores: np.ndarray | None = None
 ) -> dict[str, dict]:
     """Summaries over all subjects (``"all"``), then over the subjects of each anomaly kind."""
-    out = {"all": evaluate_maps(slices, maps, slice_scores)[0]}
+    out = {"all": evaluate_maps(slices, maps, scores)[0]}
     for kind in sorted(set(kinds.values())):
         ids = [i for i, s in enumerate(slices.subject_ids) if kinds.get(s) == kind]
         keep = np.isin(slices.subject, ids)
         if not keep.any():
             continue
-        scores = None if slice_scores is None else slice_scores[keep]
-        out[kind] = evaluate_maps(slices.take(keep), maps[keep], scores)[0]
+        kept = None if scores is None else scores[keep]
+        out[kind] = evaluate_maps(slices.take(keep), maps[keep], kept)[0]
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,61 +81,132 @@ def predict_scans(
     files a ``"given"`` run was trained with).
     """
     prep = with_brain_mask(estimator.prep, brain_mask_source)
-    pixel_t, slice_t = _thresholds(estimator, fpr)
-    calibration = estimator.calibration_
-    healthy_max = float(calibration.get("max", 0.0))
-    vmax = healthy_max if healthy_max > pixel_t * 1.05 else pixel_t * 1.5
-    reference = estimator.meta.get("intensity", {})
-    failures = list(failures or [])
-    rows: list[dict] = []
+    writer = _Writer(estimator, out, fpr, list(failures or []))
     out.mkdir(parents=True, exist_ok=True)
-    pending: list[_Loaded] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        images = np.concatenate([p.prepared.images for p in pending])
-        masks = np.concatenate([p.prepared.masks for p in pending])
-        maps = estimator.predict(images, masks, batch_size) if len(images) else images
-        start = 0
-        for item in pending:
-            n = len(item.prepared.images)
-            scan_maps = maps[start : start + n]
-            start += n
-            try:
-                row = _write_scan(estimator, item, scan_maps, out, fpr, pixel_t, slice_t, vmax)
-                rows.append(row)
-            except (OSError, ValueError, RuntimeError) as err:  # e.g. a full disk
-                failures.append((str(item.scan.image), f"cannot write outputs ({err})"))
-                tqdm.write(
-                    f"fae: error: {item.scan.image}: cannot write outputs ({err})", file=sys.stderr
-                )
-            bar.update(1)
-        pending.clear()
-
     quiet = estimator.progress
     estimator.progress = False  # one bar over scans, not one per batch
     bar = tqdm(total=len(scans), desc="predicting", unit="scan", disable=not progress)
     try:
-        for scan in scans:
-            try:
-                item = _load(scan, estimator, prep, reference, cache_dir)
-            except FaeInputError as err:
-                failures.append((str(err.path or scan.image), err.problem))
-                tqdm.write(f"fae: error: {err} (skipped)", file=sys.stderr)
-                bar.update(1)
-                continue
-            for warning in item.warnings:
-                tqdm.write(f"fae: warning: {scan.image}: {warning}", file=sys.stderr)
-            pending.append(item)
-            if sum(len(p.prepared.images) for p in pending) >= batch_size:
-                flush()
-        flush()
+        loaded = _load_all(scans, estimator, prep, cache_dir, writer, bar)
+        for group in _groups(loaded, batch_size):
+            writer.write(group, bar)
     finally:  # the scans written so far are listed even if something unexpected stopped us
         bar.close()
         estimator.progress = quiet
-        _write_scores(rows, out / "scores.csv")
-    return rows, failures
+        _write_scores(writer.rows, out / "scores.csv")
+    return writer.rows, writer.failures
+
+
+def _load_all(
+    scans: Sequence[Scan],
+    estimator: AnomalyMethod,
+    prep: PrepConfig,
+    cache_dir: Path | None,
+    writer: _Writer,
+    bar: tqdm,
+) -> Iterator[_Loaded]:
+    """The scans prepared one by one; an unreadable one is reported, counted and skipped."""
+    reference = estimator.meta.get("intensity", {})
+    for scan in scans:
+        try:
+            item = _load(scan, estimator, prep, reference, cache_dir)
+        except FaeInputError as err:
+            writer.failures.append((str(err.path or scan.image), err.problem))
+            tqdm.write(f"fae: error: {err} (skipped)", file=sys.stderr)
+            bar.update(1)
+            continue
+        for warning in item.warnings:
+            tqdm.write(f"fae: warning: {scan.image}: {warning}", file=sys.stderr)
+        yield item
+
+
+def _groups(loaded: Iterable[_Loaded], batch_size: int) -> Iterator[list[_Loaded]]:
+    """Consecutive scans with at least ``batch_size`` slices together (the last may have
+    fewer), so that slices of several small scans share a batch."""
+    group: list[_Loaded] = []
+    for item in loaded:
+        group.append(item)
+        if sum(len(g.prepared.images) for g in group) >= batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class _Writer:
+    """Maps a group of scans and writes each one's outputs; keeps the rows and failures."""
+
+    def __init__(
+        self, estimator: AnomalyMethod, out: Path, fpr: float, failures: list[tuple[str, str]]
+    ) -> None:
+        self.estimator, self.out, self.fpr = estimator, out, fpr
+        self.pixel_t, self.slice_t = _thresholds(estimator, fpr)
+        healthy_max = float(estimator.calibration_.get("max", 0.0))
+        self.vmax = healthy_max if healthy_max > self.pixel_t * 1.05 else self.pixel_t * 1.5
+        self.rows: list[dict] = []
+        self.failures = failures
+
+    def write(self, group: list[_Loaded], bar: tqdm) -> None:
+        images = np.concatenate([g.prepared.images for g in group])
+        masks = np.concatenate([g.prepared.masks for g in group])
+        maps = self.estimator.predict(images, masks) if len(images) else images
+        start = 0
+        for item in group:
+            n = len(item.prepared.images)
+            try:
+                self.rows.append(self._write_scan(item, maps[start : start + n]))
+            except (OSError, ValueError, RuntimeError) as err:  # e.g. a full disk
+                self.failures.append((str(item.scan.image), f"cannot write outputs ({err})"))
+                tqdm.write(
+                    f"fae: error: {item.scan.image}: cannot write outputs ({err})", file=sys.stderr
+                )
+            start += n
+            bar.update(1)
+
+    def _write_scan(self, item: _Loaded, maps: np.ndarray) -> dict:
+        """Write the scan's map, brain mask, thresholded mask and overlay (all or none); its row."""
+        prepared, volume, name = item.prepared, item.volume, item.scan.name
+        out, fpr, pixel_t, slice_t = self.out, self.fpr, self.pixel_t, self.slice_t
+        brain = item.brain.mask
+        native = np.where(brain, restore_volume(maps, prepared), 0.0).astype(np.float32)
+        suspicious = brain & (native >= pixel_t)
+        scores = self.estimator.slice_scores(maps, prepared.masks)
+        widespread = (
+            float(np.mean(maps[prepared.masks] >= pixel_t)) if prepared.masks.any() else 0.0
+        )
+        if widespread > max(WIDESPREAD_FRACTION, 5 * fpr):
+            item.warnings.append(
+                f"{widespread:.0%} of the brain is above the threshold (healthy scans: {fpr:.1%}); "
+                "the scan may differ from the training data"
+            )
+            tqdm.write(f"fae: warning: {item.scan.image}: {item.warnings[-1]}", file=sys.stderr)
+        row = {
+            "name": name,
+            "source": str(item.scan.image),
+            "scan_score": float(scores.max()),
+            "suspicious_voxels": int(suspicious.sum()),
+            "suspicious_slices": int((scores >= slice_t).sum()),
+            "slices": len(scores),
+            "fpr": fpr,
+            "pixel_threshold": pixel_t,
+            "slice_threshold": slice_t,
+            "brain_mask": item.brain.method,
+            "brain_ml": round(float(brain.sum()) * voxel_ml(volume.affine), 1)
+            if has_geometry(volume)
+            else "",
+            "warnings": "; ".join(item.warnings),
+        }
+        outputs = (
+            ("anomaly", native, "fae anomaly map"),
+            ("brainmask", brain.astype(np.uint8), f"fae brain mask ({item.brain.method})"),
+            ("mask", suspicious.astype(np.uint8), f"fae map >= threshold at FPR {fpr:g}"),
+        )
+        names = [f"{name}_{suffix}.nii.gz" for suffix, _, _ in outputs] + [f"{name}_overlay.png"]
+        with atomic_paths([out / n for n in names]) as paths:
+            for path, (_, data, description) in zip(paths, outputs, strict=False):
+                save_nifti(data, volume.affine, path, derived_header(volume.header, description))
+            _save_overlay(item, maps, paths[-1], pixel_t, self.vmax, row)
+        return row
 
 
 def _thresholds(estimator: AnomalyMethod, fpr: float) -> tuple[float, float]:
@@ -176,58 +247,6 @@ def _load(
     if (warning := intensity_warning(prepared.intensity, reference)) is not None:
         warnings.append(warning)
     return _Loaded(scan, volume, brain, prepared, warnings)
-
-
-def _write_scan(
-    estimator: AnomalyMethod,
-    item: _Loaded,
-    maps: np.ndarray,
-    out: Path,
-    fpr: float,
-    pixel_t: float,
-    slice_t: float,
-    vmax: float,
-) -> dict:
-    """Write the scan's map, brain mask, thresholded mask and overlay (all or none); its row."""
-    prepared, volume, name = item.prepared, item.volume, item.scan.name
-    brain = item.brain.mask
-    native = np.where(brain, restore_volume(maps, prepared), 0.0).astype(np.float32)
-    suspicious = brain & (native >= pixel_t)
-    scores = estimator.slice_scores(maps, prepared.masks)
-    widespread = float(np.mean(maps[prepared.masks] >= pixel_t)) if prepared.masks.any() else 0.0
-    if widespread > max(WIDESPREAD_FRACTION, 5 * fpr):
-        item.warnings.append(
-            f"{widespread:.0%} of the brain is above the threshold (healthy scans: {fpr:.1%}); "
-            "the scan may differ from the training data"
-        )
-        tqdm.write(f"fae: warning: {item.scan.image}: {item.warnings[-1]}", file=sys.stderr)
-    row = {
-        "name": name,
-        "source": str(item.scan.image),
-        "scan_score": float(scores.max()),
-        "suspicious_voxels": int(suspicious.sum()),
-        "suspicious_slices": int((scores >= slice_t).sum()),
-        "slices": len(scores),
-        "fpr": fpr,
-        "pixel_threshold": pixel_t,
-        "slice_threshold": slice_t,
-        "brain_mask": item.brain.method,
-        "brain_ml": round(float(brain.sum()) * voxel_ml(volume.affine), 1)
-        if has_geometry(volume)
-        else "",
-        "warnings": "; ".join(item.warnings),
-    }
-    outputs = (
-        ("anomaly", native, "fae anomaly map"),
-        ("brainmask", brain.astype(np.uint8), f"fae brain mask ({item.brain.method})"),
-        ("mask", suspicious.astype(np.uint8), f"fae map >= threshold at FPR {fpr:g}"),
-    )
-    names = [f"{name}_{suffix}.nii.gz" for suffix, _, _ in outputs] + [f"{name}_overlay.png"]
-    with atomic_paths([out / n for n in names]) as paths:
-        for path, (_, data, description) in zip(paths, outputs, strict=False):
-            save_nifti(data, volume.affine, path, derived_header(volume.header, description))
-        _save_overlay(item, maps, paths[-1], pixel_t, vmax, row)
-    return row
 
 
 def _save_overlay(

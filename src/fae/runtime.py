@@ -1,4 +1,5 @@
-"""How the arithmetic runs: numeric precision and the memory allocator (see README, "Speed").
+"""How the arithmetic runs: numeric precision, the memory allocator and batched no-grad passes
+(see README, "Speed").
 
 ``bf16``: every convolution and matrix product of the networks runs in bfloat16 under
 ``torch.autocast``, with the weights in channels-last layout; SSIM, losses, optimiser state and
@@ -13,11 +14,14 @@ import ctypes.util
 import functools
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from fae.errors import FaeInputError
 
@@ -25,6 +29,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 # no mmap at all, and a trim threshold so high that freed memory stays with the process
 _TUNED = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+BATCH_SIZE = 64  # slices per batch of a pass without gradients (features, maps, losses)
 
 
 def resolve_precision(precision: str, device: torch.device, validated: bool = True) -> str:
@@ -94,3 +99,30 @@ def _mallopt():
         return libc.mallopt
     except (OSError, AttributeError, TypeError):
         return None
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive index ranges that cover ``range(n)``, ``size`` at a time."""
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def batched(
+    fn: Callable[[Tensor], Tensor],
+    inputs: Tensor | np.ndarray,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = BATCH_SIZE,
+    desc: str | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[slice, Tensor]]:
+    """``fn`` over (N, ...) ``inputs`` in batches on ``device`` at ``precision``, without
+    gradients: yields each batch's index range and output. Every pass that needs no gradient
+    (features, validation loss, maps) goes through here."""
+    parts = list(chunks(len(inputs), batch_size))
+    for part in tqdm(parts, desc=desc, unit="batch", leave=False, disable=not progress):
+        x = inputs[part]
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        with torch.no_grad(), autocast(precision, device):
+            out = fn(x.to(device))
+        yield part, out

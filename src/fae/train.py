@@ -1,10 +1,10 @@
-"""The training loop: Adam on a module's loss, with exact resume and periodic checkpoints.
+"""The training loop shared by every learned method, with exact resume and periodic checkpoints.
 
 Works for any :class:`~fae.nn.module.MapModule` (its ``features``, ``training_step`` and
-optimisers). Features are computed once and reused when
-they are a fixed function of the slice (e.g. the FAE's extractor with frozen BatchNorm); else
-(``train_batchnorm``) they are recomputed per batch. ``precision`` (``"fp32"`` or ``"bf16"``,
-see :mod:`fae.runtime`) sets the arithmetic of every forward pass.
+optimisers; by default Adam on its loss). Features are computed once and reused when they are a
+fixed function of the slice (``cache_features``); else they are recomputed per batch.
+``precision`` (``"fp32"`` or ``"bf16"``, see :mod:`fae.runtime`) sets the arithmetic of every
+forward pass.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fae.config import TrainingConfig
 from fae.errors import FaeInputError
 from fae.nn.module import MapModule
-from fae.runtime import autocast, prepare_module, tune_allocator
+from fae.runtime import autocast, batched, prepare_module, tune_allocator
 
 
 class EpochSampler:
@@ -73,8 +73,15 @@ class TrainState:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
+    def load_state_dict(self, state: dict) -> None:
+        """Optimisers, sampler and step of a saved state (the random state is restored by the
+        loop, after anything that might draw from it)."""
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
 
-@torch.no_grad()
+
 def compute_features(
     model: MapModule,
     images: Tensor,
@@ -85,25 +92,20 @@ def compute_features(
 ) -> Tensor:
     """Frozen features of (N, 1, H, W) images, in eval mode, kept on ``device`` when it is a GPU."""
     model.eval()
-    out = []
-    starts = range(0, len(images), 64)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
-        with autocast(precision, device):
-            out.append(model.features(images[start : start + 64].to(device)))
+    parts = batched(model.features, images, device, precision, desc=desc, progress=progress)
+    out = [features for _, features in parts]
     return torch.cat(out) if out else torch.zeros(0)
 
 
-@torch.no_grad()
 def validation_loss(
     model: MapModule, features: Tensor, device: torch.device, precision: str = "fp32"
 ) -> float:
     """Mean training objective over validation features, in eval mode."""
     model.eval()
-    total = 0.0
-    for start in range(0, len(features), 64):
-        batch = features[start : start + 64].to(device)
-        with autocast(precision, device):
-            total += float(model.loss(batch)) * len(batch)
+    total = sum(
+        float(loss) * (part.stop - part.start)
+        for part, loss in batched(model.loss, features, device, precision)
+    )
     return total / max(len(features), 1)
 
 
@@ -120,36 +122,27 @@ def train(
     precision: str = "fp32",
 ) -> TrainState:
     """Train ``model.trainable_parameters()`` for ``config.steps`` steps on (N, 1, H, W)
-    healthy slices.
+    healthy slices; returns the final state.
 
     ``resume`` is a saved :meth:`TrainState.state_dict` (the model weights already loaded):
     training continues from its step with the same batches and dropout masks as an uninterrupted
-    run. Ctrl-C stops at the end of the current step, writes a checkpoint and raises
-    ``KeyboardInterrupt`` (a second Ctrl-C stops at once); a killed process resumes from its
-    last periodic checkpoint. The same ``precision`` gives the same numbers on resume.
+    run, also when ``config.steps`` was raised after the run finished. Ctrl-C stops at the end of
+    the current step, writes a checkpoint and raises ``KeyboardInterrupt`` (a second Ctrl-C stops
+    at once); a killed process resumes from its last periodic checkpoint. The same ``precision``
+    gives the same numbers on resume.
     """
     tune_allocator()
     prepare_module(model, precision, device)
-    optimizers = model.configure_optimizers(config.lr)
-    sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
-    state = TrainState(0, optimizers, sampler)
+    state = TrainState(
+        0,
+        model.configure_optimizers(config.lr),
+        EpochSampler(len(train_images), config.batch_size, config.seed),
+    )
     if resume is not None:
-        # checkpoints before multi-optimiser methods hold one "optimizer"
-        saved = resume["optimizers"] if "optimizers" in resume else [resume["optimizer"]]
-        for optimizer, optimizer_state in zip(optimizers, saved, strict=True):
-            optimizer.load_state_dict(optimizer_state)
-        sampler.load_state_dict(resume["sampler"])
-        state.step = int(resume["step"])
+        state.load_state_dict(resume)
         if state.step >= config.steps:  # a finished run: nothing to compute
             return state
-    cached = None
-    if resume is None and getattr(model, "standardize_features", False):
-        # with identity statistics: raw features
-        raw = compute_features(model, train_images, device, "features", progress, precision)
-        model.fit_feature_stats(raw)
-        cached = model.standardize(raw) if model.cache_features else None
-    elif model.cache_features:
-        cached = compute_features(model, train_images, device, "features", progress, precision)
+    cached = _training_features(model, train_images, device, resume is None, progress, precision)
     val_features = None
     if val_images is not None and len(val_images):
         val_features = compute_features(
@@ -162,11 +155,61 @@ def train(
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
     else:
         torch.manual_seed(config.seed)
+    _loop(
+        model,
+        config,
+        state,
+        train_images,
+        cached,
+        val_features,
+        device,
+        precision,
+        on_checkpoint,
+        on_log,
+        progress,
+    )
+    return state
 
+
+def _training_features(
+    model: MapModule,
+    images: Tensor,
+    device: torch.device,
+    fresh: bool,
+    progress: bool,
+    precision: str,
+) -> Tensor | None:
+    """The training features when they are computed once (else ``None``: per batch); on a
+    fresh start, the module first fits its feature statistics (:meth:`MapModule.fit_features`)."""
+    if fresh and model.fits_features:
+        fitted = model.fit_features(
+            compute_features(model, images, device, "features", progress, precision)
+        )
+        return fitted if model.cache_features else None
+    if model.cache_features:
+        return compute_features(model, images, device, "features", progress, precision)
+    return None
+
+
+def _loop(
+    model: MapModule,
+    config: TrainingConfig,
+    state: TrainState,
+    images: Tensor,
+    cached: Tensor | None,
+    val_features: Tensor | None,
+    device: torch.device,
+    precision: str,
+    on_checkpoint: Callable[[TrainState], None] | None,
+    on_log: Callable[[dict], None] | None,
+    progress: bool,
+) -> None:
+    """The optimisation steps from ``state.step`` to ``config.steps``, with logs, validation
+    and checkpoints."""
     bar = tqdm(
         total=config.steps, initial=state.step, desc="training", unit="step", disable=not progress
     )
-    started, last_loss = time.perf_counter(), float("nan")
+    started, loss = time.perf_counter(), float("nan")
     stop = _InterruptFlag()
     try:
         while state.step < config.steps:
@@ -174,38 +217,29 @@ def train(
                 if on_checkpoint is not None and state.step > 0:
                     on_checkpoint(state)
                 raise KeyboardInterrupt
-            idx = sampler.next()
+            idx = state.sampler.next()
             model.train()
             with autocast(precision, device):
                 if cached is not None:
                     features = cached[idx.to(cached.device)].to(device)
                 else:
-                    features = model.features(train_images[idx].to(device))
-                last_loss = model.training_step(features, optimizers, state.step)
+                    features = model.features(images[idx].to(device))
+                loss = model.training_step(features, state.optimizers, state.step)
             state.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-            step = state.step
+            bar.set_postfix(loss=f"{loss:.4f}")
+            step, done = state.step, state.step == config.steps
             val = None
-            if val_features is not None and (step % config.val_every == 0 or step == config.steps):
+            if val_features is not None and (step % config.val_every == 0 or done):
                 val = validation_loss(model, val_features, device, precision)
             if on_log is not None and (step % config.log_every == 0 or val is not None):
-                on_log(
-                    {
-                        "step": step,
-                        "loss": last_loss,
-                        "val_loss": val,
-                        "seconds": time.perf_counter() - started,
-                    }
-                )
-            if on_checkpoint is not None and (
-                step % config.checkpoint_every == 0 or step == config.steps
-            ):
+                seconds = time.perf_counter() - started
+                on_log({"step": step, "loss": loss, "val_loss": val, "seconds": seconds})
+            if on_checkpoint is not None and (step % config.checkpoint_every == 0 or done):
                 on_checkpoint(state)
     finally:
         stop.restore()
         bar.close()
-    return state
 
 
 class _InterruptFlag:

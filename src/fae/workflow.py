@@ -1,9 +1,11 @@
-"""The command-line jobs as functions: train a run folder, evaluate it on labelled data,
-recalibrate its thresholds on healthy scans.
+"""The life of a run, shared by the CLI, the benchmark, the demo and the scripts: train it (or
+resume it, or extend it, or see that it is finished), evaluate it on labelled data, recalibrate
+its thresholds on healthy scans.
 
-A run folder holds ``config.json`` (model, preprocessing, data, modality and the subject split),
-``train_log.csv`` and ``checkpoint.pt`` (with the calibrated thresholds); ``fae evaluate`` writes
-``metrics.json``, ``per_subject.csv`` and a figure of the best and worst slices.
+A run folder holds ``config.json`` (method, config, preprocessing and ``meta``: data, modality,
+split), ``train_log.csv`` and ``checkpoint.pt`` (with the calibrated thresholds); ``fae
+evaluate`` writes ``metrics.json``, ``per_subject.csv`` and a figure of the best and worst
+slices.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import csv
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fae.calibration import intensity_reference
-from fae.checkpoint import load_checkpoint, save_checkpoint
 from fae.data.discover import Dataset, discover
 from fae.data.preprocess import PrepConfig, with_brain_mask
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
@@ -26,58 +29,152 @@ from fae.errors import FaeInputError
 from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind
 from fae.io import atomic_path
 from fae.methods.base import AnomalyMethod, load_method
-from fae.methods.registry import method_class
+from fae.methods.registry import PROPOSED, method_class
 from fae.viz import save_slice_figure
 
 
-def train_run(
-    data: Path,
-    out: Path,
-    modality: str,
-    params: dict,
-    prep: PrepConfig = PrepConfig(),
-    channels: list[str] | None = None,
-    test_fraction: float = 0.5,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    lesion_free_only: bool = True,
-    cache_dir: Path | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    method: str = "fae",
-) -> AnomalyMethod:
-    """Train ``method`` (default: the Feature-Autoencoder) on the healthy slices of ``data``'s
-    training subjects."""
-    if (out / "checkpoint.pt").exists():
-        raise FaeInputError(
-            out, "already holds a run: resume it with --resume, or choose a new --out"
+@dataclass(frozen=True)
+class RunSpec:
+    """What defines a run: its data, modality (``None``: the only one), method and settings,
+    preprocessing, subject split, and the device it trains on."""
+
+    data: Path
+    modality: str | None = None
+    method: str = PROPOSED
+    params: dict = field(default_factory=dict)
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    channels: list[str] | None = None
+    test_fraction: float = 0.5
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    lesion_free_only: bool = True
+    device: str = "auto"
+
+    @classmethod
+    def of_run(cls, run: Path, device: str = "auto") -> RunSpec:
+        """The spec the run in ``run`` was trained with."""
+        est = load_method(run, progress=False)
+        meta = est.meta
+        if "split" not in meta:
+            raise FaeInputError(run, "was not trained from a dataset by fae train")
+        return cls(
+            data=Path(meta["data"]),
+            modality=meta["modality"],
+            method=est.name,
+            params=est.config.to_dict(),
+            prep=est.prep,
+            channels=meta["channels"],
+            test_fraction=meta["split"]["test_fraction"],
+            val_fraction=meta["split"]["val_fraction"],
+            split_seed=meta["split"]["seed"],
+            lesion_free_only=meta["lesion_free_only"],
+            device=device,
         )
-    estimator = method_class(method)(prep=prep, device=device, progress=progress, **params)
-    estimator.preflight()  # fail fast (e.g. missing ImageNet weights) before preparing data
-    dataset = discover(data, channels)
-    dataset.require_modality(modality)
-    splits = split_subjects(dataset, test_fraction, val_fraction, split_seed)
+
+    def split(self) -> dict:
+        return {
+            "test_fraction": self.test_fraction,
+            "val_fraction": self.val_fraction,
+            "seed": self.split_seed,
+        }
+
+
+def train_or_resume(
+    spec: RunSpec,
+    out: Path,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> AnomalyMethod:
+    """The trained run of ``spec`` in ``out``: trained afresh, or continued where it stopped
+    (exactly), or extended to ``spec.params["steps"]`` if that is more than it has, or loaded
+    when it is finished. A run folder with other settings is an error. ``announce`` hears what
+    is about to happen, when anything is."""
+    say = announce or (lambda message: None)
+    resolve_device(spec.device)  # a missing GPU is an error even for a finished run
+    if (out / "checkpoint.pt").exists():
+        est = load_method(out, device=spec.device, progress=progress)
+        _check_same_run(est, spec, out)
+        steps = spec.params.get("steps")
+        if est.learns and steps is not None and steps != est.config.steps:
+            est.extend(steps)
+        if est.is_finished:
+            return est
+        say(f"continuing {out} from step {est.step_} to {est.config.steps}")
+        dataset = discover(Path(est.meta["data"]), est.meta["channels"])
+        train, val = _training_slices(dataset, est, cache_dir, progress)
+        return est.continue_fit(train, val, run_dir=out)
+    est = method_class(spec.method)(
+        prep=spec.prep, device=spec.device, progress=progress, **spec.params
+    )
+    est.preflight()  # fail fast (e.g. missing ImageNet weights) before preparing data
+    say(f"training {spec.method} into {out}")
+    dataset = discover(spec.data, spec.channels)
+    modality = dataset.pick_modality(spec.modality)
+    splits = split_subjects(dataset, spec.test_fraction, spec.val_fraction, spec.split_seed)
     if not splits["train"]:
-        raise FaeInputError(data, "no training subjects after the split")
-    estimator.meta = {
-        "data": str(Path(data).resolve()),
+        raise FaeInputError(spec.data, "no training subjects after the split")
+    est.meta = {
+        "data": str(Path(spec.data).resolve()),
         "modality": modality,
-        "channels": channels,
-        "lesion_free_only": lesion_free_only,
+        "channels": spec.channels,
+        "lesion_free_only": spec.lesion_free_only,
+        "split": spec.split(),
         "splits": splits,
     }
-    train, val = _training_slices(dataset, estimator, cache_dir, progress)
-    return estimator.fit(train, val, run_dir=out)
+    train, val = _training_slices(dataset, est, cache_dir, progress)
+    return est.fit(train, val, run_dir=out)
 
 
-def resume_run(
-    run: Path, cache_dir: Path | None = None, progress: bool = True, device: str = "auto"
-) -> AnomalyMethod:
-    """Continue the interrupted run in ``run`` with the data and split it was started with."""
-    estimator = load_method(run, device=device, progress=progress)
-    dataset = discover(Path(estimator.meta["data"]), estimator.meta.get("channels"))
-    train, val = _training_slices(dataset, estimator, cache_dir, progress)
-    return type(estimator).resume(run, train, val, progress=progress, device=device)
+def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
+    """The run in ``out`` must be the one ``spec`` describes (its step budget may differ)."""
+    meta = est.meta
+
+    def differs(what: str) -> FaeInputError:
+        return FaeInputError(out, f"holds a run {what}: use another --out")
+
+    if "split" not in meta:
+        raise differs("that fae train did not make")
+    if est.name != spec.method:
+        raise differs(f"of {est.name}, not {spec.method}")
+    saved = est.config.to_dict()
+    for key, value in spec.params.items():
+        if key != "steps" and saved.get(key) != value:
+            raise differs(f"with {key}={saved.get(key)!r}, not {value!r}")
+    if est.prep.to_dict() != spec.prep.to_dict():
+        raise differs("with other preprocessing")
+    if Path(meta["data"]) != Path(spec.data).resolve():
+        raise differs(f"on {meta['data']}, not {Path(spec.data).resolve()}")
+    if spec.modality is not None and meta["modality"] != spec.modality:
+        raise differs(f"on {meta['modality']}, not {spec.modality}")
+    if meta["split"] != spec.split() or meta["lesion_free_only"] != spec.lesion_free_only:
+        raise differs("with another subject split or choice of training slices")
+
+
+def _training_slices(
+    dataset: Dataset, estimator: AnomalyMethod, cache_dir: Path | None, progress: bool
+) -> tuple[SliceSet, SliceSet]:
+    """The run's training and validation slices, prepared in one read per scan; sets the
+    intensity reference (the training scans' raw intensity range, for prediction's warnings)
+    and the brain-mask sources in ``estimator.meta``."""
+    meta = estimator.meta
+    train, val = (
+        prepare_dataset(
+            dataset,
+            meta["modality"],
+            estimator.prep,
+            cache_dir,
+            meta["splits"][part],
+            progress,
+            estimator.device,
+        )
+        for part in ("train", "val")
+    )
+    meta["intensity"] = intensity_reference(train.intensity)
+    meta["brain_masks"] = dict(Counter(train.mask_methods + val.mask_methods))
+    if meta["lesion_free_only"]:
+        train, val = train.lesion_free(), val.lesion_free()
+    return train, val
 
 
 def evaluate_run(
@@ -96,7 +193,7 @@ def evaluate_run(
     ``subjects``: ``"test"`` (the run's test split), ``"all"``, or ``"auto"`` (the run's test
     split when ``data`` is the data it was trained on, else every subject). ``brain_mask``
     replaces the run's brain-mask source, ``precision`` the arithmetic of its maps (``None``:
-    the run's).
+    the run's). Writes ``metrics.json``, ``per_subject.csv`` and ``slices.png`` into ``out``.
     """
     estimator = load_method(run, device=device, progress=progress, precision=precision)
     meta = estimator.meta
@@ -127,6 +224,13 @@ def evaluate_run(
         predict_seconds=seconds,
         slices_per_second=len(slices) / max(seconds, 1e-9),
     )
+    _write_evaluation(summary, per_subject, out)
+    title = f"{run.name}: best and worst slices"
+    save_best_and_worst(slices, maps, summary["threshold_at_fpr"], out / "slices.png", title)
+    return summary
+
+
+def _write_evaluation(summary: dict, per_subject: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
@@ -134,14 +238,6 @@ def evaluate_run(
         writer = csv.DictWriter(fh, list(per_subject[0]))
         writer.writeheader()
         writer.writerows(per_subject)
-    save_best_and_worst(
-        slices,
-        maps,
-        summary["threshold_at_fpr"],
-        out / "slices.png",
-        f"{run.name}: best and worst slices",
-    )
-    return summary
 
 
 def calibrate_run(
@@ -156,18 +252,15 @@ def calibrate_run(
     """Recompute a run's thresholds (and intensity reference) on the healthy scans in ``data``.
 
     Slices with lesion voxels (where ``data`` has segmentations) are left out. ``subjects``:
-    ``"all"``, or ``"val"`` for the run's own validation subjects (e.g. to calibrate a run
-    trained before calibration existed). ``brain_mask`` replaces the run's brain-mask source for
-    these scans (``None``: the run's). Maps are made in the run's precision, the one its
-    predictions use. The checkpoint is rewritten atomically, everything else in it kept;
-    ``calibration.json`` is written beside.
+    ``"all"``, or ``"val"`` for the run's own validation subjects. ``brain_mask`` replaces the
+    run's brain-mask source for these scans (``None``: the run's). Maps are made in the run's
+    precision, the one its predictions use. The run is rewritten atomically, everything else
+    in it kept; ``calibration.json`` is written beside.
     """
-    path = run / "checkpoint.pt" if run.is_dir() else run
-    estimator = load_method(path, device=device, progress=progress)
-    modality = estimator.meta.get("modality")
+    run_dir = run if run.is_dir() else run.parent
+    estimator = load_method(run, device=device, progress=progress)
     dataset = discover(data, estimator.meta.get("channels"))
-    if modality not in dataset.modalities:
-        modality = _single_modality(dataset, modality)
+    modality = dataset.pick_modality(estimator.meta.get("modality"), strict=False)
     ids = [s.id for s in dataset.subjects]
     if subjects == "val":
         wanted = set(estimator.meta.get("splits", {}).get("val", []))
@@ -183,13 +276,9 @@ def calibrate_run(
     if not slices.masks.any():
         raise FaeInputError(data, "no healthy brain slices to calibrate on")
     calibration = estimator.calibrate(slices, str(Path(data).resolve()))
-    payload = load_checkpoint(path)
-    payload["calibration"] = calibration
-    payload["meta"] = {**payload.get("meta", {}), "intensity": reference}
-    for key in ("format", "versions"):
-        payload.pop(key, None)
-    save_checkpoint(payload, path)
-    with atomic_path(path.parent / "calibration.json") as tmp:
+    estimator.meta["intensity"] = reference
+    estimator.save_run(run_dir)
+    with atomic_path(run_dir / "calibration.json") as tmp:
         tmp.write_text(json.dumps({**calibration, "intensity": reference}, indent=2))
     return calibration
 
@@ -210,40 +299,6 @@ def save_best_and_worst(
     vmax = float(np.quantile(maps[slices.masks], 0.999)) if slices.masks.any() else 1.0
     return save_slice_figure(
         slices.images[rows], slices.segs[rows], maps[rows], path, labels, title, vmax
-    )
-
-
-def _training_slices(
-    dataset: Dataset, estimator: AnomalyMethod, cache_dir: Path | None, progress: bool
-) -> tuple[SliceSet, SliceSet]:
-    """The run's training and validation slices; sets the intensity reference (the training
-    scans' raw intensity range, for prediction's warnings) in ``estimator.meta``."""
-    meta = estimator.meta
-    splits = meta["splits"]
-    train, val = (
-        prepare_dataset(
-            dataset,
-            meta["modality"],
-            estimator.prep,
-            cache_dir,
-            splits[part],
-            progress,
-            estimator.device,
-        )
-        for part in ("train", "val")
-    )
-    meta["intensity"] = intensity_reference(train.intensity)
-    meta["brain_masks"] = dict(Counter(train.mask_methods + val.mask_methods))
-    if meta["lesion_free_only"]:
-        train, val = train.lesion_free(), val.lesion_free()
-    return train, val
-
-
-def _single_modality(dataset: Dataset, wanted: str | None) -> str:
-    if len(dataset.modalities) == 1:
-        return dataset.modalities[0]
-    raise FaeInputError(
-        dataset.root, f"has no {wanted} images (has {', '.join(dataset.modalities)})"
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -75,17 +75,33 @@ class Dataset:
                 return s
         raise KeyError(subject_id)
 
-    def require_modality(self, modality: str) -> None:
-        """Raise a clear error unless every subject has ``modality``."""
+    def pick_modality(self, wanted: str | None = None, strict: bool = True) -> str:
+        """The modality to use (:func:`pick_modality`), which every subject must have."""
+        try:
+            modality = pick_modality(self.modalities, wanted, strict)
+        except FaeInputError as err:
+            raise FaeInputError(self.root, err.problem) from None
         missing = [s.id for s in self.subjects if modality not in s.images]
-        if len(missing) == len(self.subjects):
-            raise FaeInputError(
-                self.root, f"no '{modality}' images (found: {', '.join(self.modalities)})"
-            )
         if missing:
             raise FaeInputError(
                 self.root, f"'{modality}' missing for {len(missing)} subjects, e.g. {missing[0]}"
             )
+        return modality
+
+
+def pick_modality(
+    available: Collection[str], wanted: str | None = None, strict: bool = False
+) -> str:
+    """Which of the ``available`` modalities to use: ``wanted`` when it is there, else the only
+    one (unless ``strict``, where a missing ``wanted`` is an error); a one-line error otherwise."""
+    names = ", ".join(sorted(available))
+    if wanted in available:
+        return wanted
+    if wanted and (strict or len(available) != 1):
+        raise FaeInputError(None, f"no '{wanted}' images (found: {names})")
+    if len(available) != 1:
+        raise FaeInputError(None, f"several modalities ({names}): choose one with --modality")
+    return next(iter(available))
 
 
 def discover(path: str | Path, channel_names: Sequence[str] | None = None) -> Dataset:
@@ -333,15 +349,11 @@ def collect_scans(
                 continue
             for subject in dataset.subjects:
                 images = subject.images
-                if modality not in images and len(images) > 1:
-                    problem = (
-                        f"has no {modality} image"
-                        if modality
-                        else f"has several images ({', '.join(sorted(images))}): choose one"
-                    )
-                    failures.append((f"{path}/{subject.id}", problem))
+                try:
+                    key = pick_modality(images, modality or None)
+                except FaeInputError as err:
+                    failures.append((f"{path}/{subject.id}", err.problem))
                     continue
-                key = modality if modality in images else next(iter(images))
                 scans.append(
                     Scan(
                         subject.id, images[key], subject.brainmask, key, subject.seg, subject.split

@@ -105,7 +105,7 @@ def prepare_dataset(
     device: str = "auto",
 ) -> SliceSet:
     """Prepare (or load from cache) the slices of every subject, or of ``subject_ids``."""
-    dataset.require_modality(modality)
+    modality = dataset.pick_modality(modality)
     subjects = [s for s in dataset.subjects if subject_ids is None or s.id in set(subject_ids)]
     volumes = [
         load_subject(s, modality, config, cache_dir, device)

@@ -1,1 +1,2 @@
-"""Anomaly-localisation methods that share the data pipeline and the evaluation."""
+"""Anomaly-localisation methods, one folder each (config, torch model, estimator), sharing the
+estimator of :mod:`fae.methods.base` and named in :mod:`fae.methods.registry`."""

@@ -1,46 +1,44 @@
-"""What every anomaly-localisation method shares: a scikit-learn-style estimator around a module.
+"""The estimator every method shares, in the style of scikit-learn, and the persisted format.
 
-A method is a subclass of :class:`AnomalyMethod` with a ``name``, a ``config_class`` (a dataclass
-of hyper-parameters, derived from :class:`~fae.config.TrainingConfig`) and ``build()``, which
-returns a pure ``nn.Module`` mapping (N, 1, H, W) slices in [0, 1] to (N, 1, H, W) anomaly maps.
-Learned methods give that module
+A method is a folder in :mod:`fae.methods` with a config (a dataclass derived from
+:class:`~fae.config.TrainingConfig`), a pure ``nn.Module`` (a :class:`~fae.nn.module.MapModule`,
+(N, 1, H, W) slices in [0, 1] → (N, 1, H, W) anomaly maps) and a subclass of
+:class:`AnomalyMethod` that sets ``name`` and ``config_class`` and implements ``build()``; its
+name goes into :mod:`fae.methods.registry`. Hooks for what differs between methods:
 
-- ``features(x)``: what the module learns to reconstruct (the slice itself, or frozen CNN
-  features), computed without gradients;
-- ``loss(features)``: the training objective of one batch;
-- ``trainable_parameters()`` and ``cache_features`` (whether ``features`` is a fixed function of
-  the slice, so it can be computed once).
+- ``learns = False`` with :meth:`~AnomalyMethod.fit_statistics` for methods without gradient
+  training; ``bf16_validated = True`` for methods whose maps were checked to agree in bf16 with
+  fp32 (``precision="auto"`` then uses bf16 where the hardware has it, :mod:`fae.runtime`);
+- :meth:`~AnomalyMethod.configure_from_data`: settings that depend on the training data;
+- :meth:`~AnomalyMethod.settings_for_steps`: how a step budget maps onto the method's settings.
 
-Methods that learn no weights set ``learns = False`` and may override :meth:`fit_statistics`;
-methods whose maps were checked to agree in bf16 with fp32 set ``bf16_validated = True``, so that
-``precision="auto"`` uses bf16 for them (:mod:`fae.runtime`).
-What every method shares goes through this class: ``fit`` and ``resume`` drive the training
-loop of :mod:`fae.train` (exact resume), and prediction, calibration, evaluation and
-``weights_only`` checkpoints are written once, here.
+A run is saved as ``checkpoint.pt`` (loaded with ``weights_only=True``) and ``config.json``
+with the same keys — ``format``, ``method``, ``config``, ``prep``, ``meta`` — the checkpoint
+adding ``step``, ``state_dict``, ``calibration`` and ``train_state``; only this class reads or
+writes them (the file format itself: :mod:`fae.checkpoint`).
 """
 
 from __future__ import annotations
 
 import csv
-import json
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fae.calibration import calibrate_thresholds
-from fae.checkpoint import load_checkpoint, save_checkpoint
+from fae.checkpoint import load_checkpoint, save_checkpoint, save_config
 from fae.config import TrainingConfig
 from fae.data.preprocess import PrepConfig
 from fae.data.slices import SliceSet
 from fae.device import resolve_device
 from fae.errors import FaeInputError
-from fae.evaluation import evaluate_maps, top_fraction_scores
+from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
-from fae.runtime import autocast, prepare_module, resolve_precision, tune_allocator
+from fae.runtime import BATCH_SIZE, batched, prepare_module, resolve_precision, tune_allocator
 from fae.train import TrainState, train
 
 LOG_COLUMNS = ("step", "loss", "val_loss", "seconds")
@@ -73,6 +71,9 @@ class AnomalyMethod:
         self.progress = progress
         self.map_precision_override: str | None = None  # set by load(precision=...)
         self.meta: dict = {}
+        self._train_state: dict | None = None  # from a loaded checkpoint, to continue training
+
+    # --- hooks ----------------------------------------------------------------------------
 
     def build(self, load_weights: bool = True) -> nn.Module:
         """A fresh, untrained module for this config (``fit`` seeds torch first);
@@ -84,8 +85,17 @@ class AnomalyMethod:
         """Raise now what ``fit`` would raise late (e.g. missing pretrained weights)."""
         self.build()
 
+    def configure_from_data(self, train_slices: SliceSet | np.ndarray) -> None:
+        """Settle settings that depend on the training data, before ``build`` (default: none)."""
+
     def fit_statistics(self, images: torch.Tensor) -> None:
         """Set a non-learning module's state from (N, 1, S, S) healthy slices (default: none)."""
+
+    @classmethod
+    def settings_for_steps(cls, steps: int) -> dict:
+        """The settings that give a training budget of ``steps`` (none for non-learning
+        methods)."""
+        return {"steps": steps} if cls.learns else {}
 
     # --- learning -------------------------------------------------------------------------
 
@@ -101,8 +111,12 @@ class AnomalyMethod:
         (every ``checkpoint_every`` steps and at the end); :meth:`resume` continues such a run.
         The healthy ``val_slices`` (else the training slices) calibrate the thresholds.
         """
+        self.configure_from_data(train_slices)
         torch.manual_seed(self.config.seed)  # the initial weights depend on the seed only
         self.model_ = self.build()
+        self.meta["precision"] = resolve_precision(
+            self.config.precision, resolve_device(self.device), self.bf16_validated
+        )
         return self._train(train_slices, val_slices, run_dir, resume=None)
 
     @classmethod
@@ -113,69 +127,71 @@ class AnomalyMethod:
         val_slices=None,
         progress: bool = True,
         device: str = "auto",
+        steps: int | None = None,
     ):
-        """Continue an interrupted run from ``run_dir/checkpoint.pt`` to its configured steps."""
-        payload = load_checkpoint(run_dir / "checkpoint.pt")
-        found = _class_of(payload, run_dir / "checkpoint.pt")
-        est = found._from_payload(payload, device=device, progress=progress)
-        if "train_state" not in payload:
-            raise FaeInputError(run_dir / "checkpoint.pt", "holds no training state to resume")
-        return est._train(train_slices, val_slices, run_dir, resume=payload["train_state"])
+        """Continue the run in ``run_dir`` to its configured steps, or to ``steps`` (which
+        extends a finished run): the same weights as one uninterrupted run of that length."""
+        est = cls.load(run_dir, device=device, progress=progress)
+        if steps is not None:
+            est.extend(steps)
+        return est.continue_fit(train_slices, val_slices, run_dir)
+
+    def continue_fit(self, train_slices, val_slices=None, run_dir: Path | None = None):
+        """Continue a loaded run's training to its configured steps, then calibrate."""
+        if self.learns and self._train_state is None:
+            raise FaeInputError(run_dir, "the run holds no training state to continue: delete it")
+        return self._train(train_slices, val_slices, run_dir, resume=self._train_state)
+
+    def extend(self, steps: int) -> None:
+        """Set the training budget to ``steps`` (at least the steps already trained); every
+        other setting stays (f-AnoGAN's GAN phase included)."""
+        if not self.learns:
+            raise FaeInputError(
+                None, f"{self.name!r} learns nothing: there is no training to extend"
+            )
+        if steps < self.step_:
+            raise FaeInputError(
+                None, f"the run has trained {self.step_} steps already; --steps {steps} is fewer"
+            )
+        self.config = replace(self.config, steps=steps)
+
+    @property
+    def is_finished(self) -> bool:
+        """Trained to its configured steps and calibrated."""
+        trained = not self.learns or getattr(self, "step_", 0) >= self.config.steps
+        return trained and hasattr(self, "calibration_")
 
     def _train(self, train_slices, val_slices, run_dir: Path | None, resume: dict | None):
         images = as_slice_tensor(train_slices)
         if len(images) == 0:
             raise FaeInputError(None, "no training slices")
         val = as_slice_tensor(val_slices) if val_slices is not None else None
-        device = resolve_device(self.device)
-        if resume is None or "precision" not in self.meta:  # a resumed run keeps its arithmetic
-            self.meta["precision"] = resolve_precision(
-                self.config.precision, device, self.bf16_validated
-            )
-        log_path = run_dir / "train_log.csv" if run_dir else None
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(run_dir / "config.json", self._describe())
-            _start_log(log_path, resume["step"] if resume else 0)
-
-        def checkpoint(state: TrainState) -> None:
-            self.step_ = state.step
-            if run_dir is not None:
-                save_checkpoint(self._payload(state), run_dir / "checkpoint.pt")
-
-        def log(row: dict) -> None:
-            if log_path is not None:
-                with log_path.open("a", newline="") as fh:
-                    csv.DictWriter(fh, LOG_COLUMNS).writerow(row)
-
+        record = _RunRecord(self, run_dir, resume["step"] if resume else 0)
         if self.learns:
             state = train(
                 self.model_,
                 self.config,
                 images,
                 val,
-                device,
+                resolve_device(self.device),
                 resume,
-                checkpoint,
-                log,
+                record.checkpoint,
+                record.log,
                 self.progress,
                 self.meta["precision"],
             )
             self.step_ = state.step
+            self._train_state = state.state_dict()
         else:
             self.fit_statistics(images)
-            state, self.step_ = None, 0
+            self.step_ = 0
         self.model_.eval()
-        finished_before = resume is not None and int(resume["step"]) >= self.config.steps
-        if finished_before and hasattr(self, "calibration_"):
-            return self
         has_val = val_slices is not None and len(val_slices) > 0
         healthy = val_slices if has_val else train_slices
         if isinstance(healthy, SliceSet):  # thresholds come from healthy slices only
             healthy = healthy.lesion_free()
         self.calibrate(healthy, "validation" if has_val else "train")
-        if run_dir is not None:
-            save_checkpoint(self._payload(state), run_dir / "checkpoint.pt")
+        record.final()
         return self
 
     def calibrate(self, slices: SliceSet | np.ndarray, source: str = "healthy slices") -> dict:
@@ -190,9 +206,11 @@ class AnomalyMethod:
 
     # --- prediction -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def predict(
-        self, images: SliceSet | np.ndarray, masks: np.ndarray | None = None, batch_size: int = 64
+        self,
+        images: SliceSet | np.ndarray,
+        masks: np.ndarray | None = None,
+        batch_size: int = BATCH_SIZE,
     ) -> np.ndarray:
         """(N, S, S) slices in [0, 1] → (N, S, S) float32 anomaly maps, 0 outside ``masks``."""
         self._check_fitted()
@@ -203,14 +221,17 @@ class AnomalyMethod:
         tune_allocator()
         model = prepare_module(self.model_, precision, device).eval()
         out = np.zeros(images.shape, np.float32)
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc="predicting", unit="batch", disable=not self.progress):
-            x = torch.from_numpy(
-                np.ascontiguousarray(images[start : start + batch_size], np.float32)
-            )
-            with autocast(precision, device):
-                maps = model(x[:, None].to(device))
-            out[start : start + len(x)] = maps[:, 0].float().cpu().numpy()
+        passes = batched(
+            lambda x: model(x[:, None]),
+            images,
+            device,
+            precision,
+            batch_size,
+            "predicting",
+            self.progress,
+        )
+        for part, maps in passes:
+            out[part] = maps[:, 0].float().cpu().numpy()
         return np.where(masks, out, 0.0).astype(np.float32)
 
     def map_precision(self, device: torch.device) -> str:
@@ -222,24 +243,29 @@ class AnomalyMethod:
         return resolve_precision(self.config.precision, device, self.bf16_validated)
 
     def slice_scores(self, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """Slice anomaly scores from maps: top-10 % mean inside the brain, or the maximum."""
-        return top_fraction_scores(maps, masks, 0.1 if self.config.slice_score == "top10" else 0.0)
+        """Slice anomaly scores of maps with this run's ``slice_score``."""
+        return slice_scores(maps, masks, self.config.slice_score)
 
     def evaluate(self, slices: SliceSet, maps: np.ndarray | None = None) -> tuple[dict, list[dict]]:
         """All metrics on labelled slices: (summary, per-subject rows)."""
         maps = self.predict(slices) if maps is None else maps
         return evaluate_maps(slices, maps, self.slice_scores(maps, slices.masks))
 
-    def score(self, slices: SliceSet) -> float:
-        """Pixel-wise average precision on labelled slices (higher is better)."""
-        return self.evaluate(slices)[0]["pixel_ap"]
-
     # --- persistence ----------------------------------------------------------------------
 
-    def save(self, path: Path) -> Path:
-        """Write the trained model (no optimiser state) to ``path``."""
+    def save_run(self, run_dir: Path) -> None:
+        """Write the run's ``checkpoint.pt`` (with its training state) and ``config.json``."""
+        self.save(run_dir / "checkpoint.pt", training_state=True)
+        save_config(self.describe(), run_dir / "config.json")
+
+    def save(self, path: Path, training_state: bool = False) -> Path:
+        """Write the trained model to ``path``; with ``training_state`` also what continuing
+        its training needs (optimisers, sampler, random state)."""
         self._check_fitted()
-        return save_checkpoint(self._payload(None), Path(path))
+        payload = self._payload()
+        if training_state and self._train_state is not None:
+            payload["train_state"] = self._train_state
+        return save_checkpoint(payload, Path(path))
 
     @classmethod
     def load(
@@ -251,67 +277,55 @@ class AnomalyMethod:
     ):
         """A trained method from a checkpoint file (or a run folder holding ``checkpoint.pt``);
         the class is the one the checkpoint names. ``precision`` overrides the run's for maps."""
+        from fae.methods.registry import method_class
+
         path = Path(path)
         if path.is_dir():
             path = path / "checkpoint.pt"
         payload = load_checkpoint(path)
-        found = _class_of(payload, path)
+        found = method_class(payload["method"], path)
         if not issubclass(found, cls):
             raise FaeInputError(path, f"holds a {found.name!r} run, not {cls.name!r}")
-        est = found._from_payload(payload, device=device, progress=progress, source=path)
-        est.map_precision_override = precision
-        return est
-
-    @classmethod
-    def _from_payload(
-        cls, payload: dict, device: str = "auto", progress: bool = True, source: Path | None = None
-    ):
         try:
             prep = PrepConfig.from_dict(payload["prep"])
-        except FaeInputError as err:
-            raise FaeInputError(source, err.problem) from None
-        try:
-            # runs from before the precision setting were all trained in fp32
-            config = {"precision": "fp32", **payload["config"]}
-            est = cls(prep=prep, device=device, progress=progress, **config)
-            est.meta = dict(payload.get("meta", {}))
+            est = found(prep=prep, device=device, progress=progress, **payload["config"])
+            est.meta = dict(payload["meta"])
             est.model_ = est.build(load_weights=False)  # the checkpoint holds every weight
-            est._load_state(payload["model"])
+            est.model_.load_state_dict(payload["state_dict"])
+        except FaeInputError as err:
+            raise FaeInputError(path, err.problem) from None
         except (KeyError, TypeError, RuntimeError) as err:
             raise FaeInputError(
-                source, f"checkpoint does not match this version of fae ({err})"
+                path, f"checkpoint does not match this version of fae ({err})"
             ) from None
-        est.step_ = int(payload.get("step", 0))
+        est.step_ = int(payload["step"])
         if "calibration" in payload:
             est.calibration_ = payload["calibration"]
+        est._train_state = payload.get("train_state")
+        est.map_precision_override = precision
         est.model_.eval()
         return est
 
-    def _load_state(self, state: dict) -> None:
-        self.model_.load_state_dict(state)
-
-    def _payload(self, state: TrainState | None) -> dict:
-        payload = {
-            "kind": self.name,
+    def describe(self) -> dict:
+        """The run's record, as ``config.json`` holds it: method, config, preprocessing, meta."""
+        return {
+            "method": self.name,
             "config": self.config.to_dict(),
             "prep": self.prep.to_dict(),
             "meta": self.meta,
+        }
+
+    def _payload(self, state: TrainState | None = None) -> dict:
+        payload = {
+            **self.describe(),
             "step": getattr(self, "step_", 0) if state is None else state.step,
-            "model": self.model_.state_dict(),
+            "state_dict": self.model_.state_dict(),
         }
         if hasattr(self, "calibration_"):
             payload["calibration"] = self.calibration_
         if state is not None:
             payload["train_state"] = state.state_dict()
         return payload
-
-    def _describe(self) -> dict:
-        return {
-            "method": self.name,
-            "model": self.config.to_dict(),
-            "prep": self.prep.to_dict(),
-            **self.meta,
-        }
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -328,13 +342,32 @@ def load_method(
     return AnomalyMethod.load(path, device=device, progress=progress, precision=precision)
 
 
-def _class_of(payload: dict, path: Path) -> type[AnomalyMethod]:
-    from fae.methods.registry import METHODS, method_class
+class _RunRecord:
+    """What training writes into a run folder: ``config.json`` at the start, ``train_log.csv``
+    as it goes (cut back to the resumed step), ``checkpoint.pt`` periodically and at the end."""
 
-    kind = payload.get("kind")
-    if kind not in METHODS:
-        raise FaeInputError(path, f"checkpoint of unknown method {kind!r}")
-    return method_class(kind)
+    def __init__(self, est: AnomalyMethod, run_dir: Path | None, start_step: int) -> None:
+        self.est, self.run_dir = est, run_dir
+        if run_dir is None:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(est.describe(), run_dir / "config.json")
+        _start_log(run_dir / "train_log.csv", start_step)
+
+    def checkpoint(self, state: TrainState) -> None:
+        self.est.step_ = state.step
+        if self.run_dir is not None:
+            save_checkpoint(self.est._payload(state), self.run_dir / "checkpoint.pt")
+
+    def log(self, row: dict) -> None:
+        if self.run_dir is not None:
+            with (self.run_dir / "train_log.csv").open("a", newline="") as fh:
+                csv.DictWriter(fh, LOG_COLUMNS).writerow(row)
+
+    def final(self) -> None:
+        """The trained, calibrated run (with its training state, so it can be extended)."""
+        if self.run_dir is not None:
+            self.est.save_run(self.run_dir)
 
 
 def _images_and_masks(slices: SliceSet | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -349,11 +382,6 @@ def as_slice_tensor(slices: SliceSet | np.ndarray) -> torch.Tensor:
     """(N, S, S) slices (array or :class:`SliceSet`) → a (N, 1, S, S) float32 tensor."""
     images = slices.images if isinstance(slices, SliceSet) else np.asarray(slices)
     return torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
 
 
 def _start_log(path: Path, keep_until: int) -> None:

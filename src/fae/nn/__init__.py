@@ -1,1 +1,1 @@
-"""Neural-network building blocks: SSIM, feature extractors, the feature autoencoder."""
+"""Building blocks several methods share: the module contract, SSIM, frozen feature extractors."""

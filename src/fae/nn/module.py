@@ -1,8 +1,15 @@
 """The contract between a method's network and the shared training loop (:mod:`fae.train`).
 
-A :class:`MapModule` maps (N, 1, H, W) slices in [0, 1] to (N, 1, H, W) anomaly maps in
-``forward``. For training it says what it reconstructs (``features``), its objective (``loss``)
-and, when one optimiser and one loss per step are not enough (e.g. a GAN), how to take a step.
+A :class:`MapModule` maps (N, 1, H, W) slices in [0, 1] to (N, 1, H, W) anomaly maps:
+
+    slice ──features──▶ f ──reconstruct──▶ f̂ ──residual(f, f̂)──▶ (N, C, h, w)
+                                                    │ mean over channels, upsampled to H × W
+                                                    ▼
+                                              anomaly map (N, 1, H, W)
+
+The training objective is by default the mean of the same residual, so loss and map come from
+one definition. Methods that reconstruct nothing override :meth:`anomaly_map` instead; methods
+that need more than one optimiser and one loss per step (a GAN) override :meth:`training_step`.
 """
 
 from __future__ import annotations
@@ -10,24 +17,56 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class MapModule(nn.Module):
-    """Base class: override ``forward`` and ``loss``; the rest has sensible defaults."""
+    """Base class: override ``reconstruct`` and ``residual`` (or ``anomaly_map``)."""
 
     @property
     def cache_features(self) -> bool:
         """True when ``features`` is a fixed function of the slice, so it is computed once."""
         return True
 
+    @property
+    def fits_features(self) -> bool:
+        """True when ``features`` has statistics to fit on the training data first
+        (:meth:`fit_features`)."""
+        return False
+
     def features(self, x: Tensor) -> Tensor:
-        """What the model learns from: by default the slice itself. Computed without gradients."""
+        """(N, 1, H, W) slices → what the model learns to reconstruct: by default the slice
+        itself. Computed without gradients."""
         return x
 
-    def loss(self, features: Tensor) -> Tensor:
-        """The training objective on one batch of ``features``."""
+    def fit_features(self, features: Tensor) -> Tensor:
+        """Fit data-dependent feature statistics on the training slices' ``features`` (as
+        computed before the fit) and return those features as :meth:`features` now gives them."""
+        return features
+
+    def reconstruct(self, features: Tensor) -> Tensor:
+        """The model's reconstruction of ``features`` (same shape)."""
         raise NotImplementedError
+
+    def residual(self, features: Tensor, reconstruction: Tensor) -> Tensor:
+        """(N, C, h, w) per-element dissimilarity of features and reconstruction (≥ 0)."""
+        raise NotImplementedError
+
+    def loss(self, features: Tensor) -> Tensor:
+        """The training objective on one batch: the mean residual."""
+        return self.residual(features, self.reconstruct(features)).mean()
+
+    def anomaly_map(self, features: Tensor) -> Tensor:
+        """(N, C, h, w) features → (N, 1, h, w) map: the residual's mean over channels."""
+        return self.residual(features, self.reconstruct(features)).mean(dim=1, keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) slices → (N, 1, H, W) anomaly maps (bilinear, align_corners=True)."""
+        small = self.anomaly_map(self.features(x))
+        if small.shape[-2:] == x.shape[-2:]:
+            return small
+        return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return self.parameters()

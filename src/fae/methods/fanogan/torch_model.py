@@ -1,62 +1,20 @@
-"""f-AnoGAN: a Wasserstein GAN of healthy slices, then an encoder that inverts it (izi_f).
-
-Schlegl et al., "f-AnoGAN: Fast unsupervised anomaly detection with generative adversarial
-networks", MedIA 2019; settings from the FAE paper's comparison code (FeliMe/feature-autoencoder,
-``fae/baselines/fAnoGAN``, adapted from dbbbbm/f-AnoGAN-PyTorch):
-
-- residual networks with width ``dim`` = 64 and a 128-d latent: generator (dense to 8·dim × S/32
-  × S/32, five upsampling residual blocks 8-8-4-4-2-1 × dim with BatchNorm, a 3×3 convolution
-  and tanh), discriminator (a 3×3 convolution, five downsampling residual blocks with
-  LayerNorm, a dense output; its last hidden layer are the "features"), encoder (like the
-  discriminator with BatchNorm, dense to the latent, tanh);
-- phase 1, ``gan_steps`` (10,000) steps: WGAN-GP with λ = 10, one critic step per generator
-  step, Adam lr 2e-4, betas (0, 0.9);
-- phase 2, the remaining ``steps − gan_steps`` (10,000): the encoder alone (generator and
-  critic frozen) with the izi_f loss ``1 − SSIM(x̂, x) + κ · MSE(f_D(x̂), f_D(x))``, κ = 1,
-  Adam lr 5e-5; batch 64 throughout;
-- map: 1 − SSIM(x̂, x) with an 11×11 Gaussian window, x̂ = G(E(x)).
-
-Deviations: the GAN sees slices scaled to [−1, 1] to match its tanh output (the reference fed
-[0, 1]), and the slice score is the shared top-10 % of the map rather than map mean plus the
-feature residual, so that every method is scored alike.
-"""
+"""f-AnoGAN's networks as one pure ``nn.Module``: residual generator, critic and encoder,
+the WGAN-GP phase and the izi_f encoder phase as its training step (see the package docs)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fae.config import TrainingConfig
 from fae.errors import FaeInputError
-from fae.methods.base import AnomalyMethod
+from fae.methods.fanogan.config import FAnoGANConfig
 from fae.nn.module import MapModule
 from fae.nn.ssim import ssim_map
 
 _WIDTHS = (8, 8, 4, 4, 2, 1)  # × dim, from the S/32 bottom up to the full-size slice
-
-
-@dataclass
-class FAnoGANConfig(TrainingConfig):
-    dim: int = 64
-    latent: int = 128
-    batch_size: int = 64
-    steps: int = 20_000
-    gan_steps: int = 10_000
-    lr_encoder: float = 5e-5
-    lambda_gp: float = 10.0
-    kappa: float = 1.0
-    ssim_window: int = 11
-
-    def problems(self) -> dict[str, bool]:
-        return {
-            **super().problems(),
-            "gan_steps must be at least 1 and below steps": not 0 < self.gan_steps < self.steps,
-            "dim and latent must be at least 1": min(self.dim, self.latent) < 1,
-        }
 
 
 class _ResBlock(nn.Module):
@@ -101,7 +59,9 @@ def _down_stack(dim: int, size: int, norm: str) -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
-class _FAnoGANModule(MapModule):
+class FAnoGANModule(MapModule):
+    """Generator, critic and encoder; the residual is 1 − SSIM(G(E(x)), x)."""
+
     def __init__(self, size: int, config: FAnoGANConfig) -> None:
         super().__init__()
         if size % 32:
@@ -178,25 +138,16 @@ class _FAnoGANModule(MapModule):
         """(N, 1, S, S) in [0, 1] → G(E(x)) in [0, 1]."""
         return (self.generator(self.encoder(x * 2 - 1)) + 1) / 2
 
+    def residual(self, features: Tensor, reconstruction: Tensor) -> Tensor:
+        """1 − SSIM of the slice and its reconstruction, per pixel (11×11 window)."""
+        return 1 - ssim_map(reconstruction, features, self.config.ssim_window)
+
     def loss(self, features: Tensor) -> Tensor:
-        """izi_f: image SSIM loss plus κ times the critic-feature residual."""
+        """izi_f: the mean residual plus κ times the critic-feature residual."""
         x = features
         reconstruction = self.reconstruct(x)
-        image = 1 - ssim_map(reconstruction, x, self.config.ssim_window).mean()
-        residual = F.mse_loss(
+        image = self.residual(x, reconstruction).mean()
+        critic = F.mse_loss(
             self.critic_features(reconstruction * 2 - 1), self.critic_features(x * 2 - 1)
         )
-        return image + self.config.kappa * residual
-
-    def forward(self, x: Tensor) -> Tensor:
-        return 1 - ssim_map(self.reconstruct(x), x, self.config.ssim_window)
-
-
-class FAnoGAN(AnomalyMethod):
-    """f-AnoGAN (Schlegl et al. 2019) with izi_f encoder training; see module docs."""
-
-    name = "fanogan"
-    config_class = FAnoGANConfig
-
-    def build(self, load_weights: bool = True) -> MapModule:
-        return _FAnoGANModule(self.prep.size, self.config)
+        return image + self.config.kappa * critic

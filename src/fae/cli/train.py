@@ -1,0 +1,129 @@
+"""``fae train``: train a run, or continue it (``--resume RUN``), or train it longer
+(``--resume RUN --steps N``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from fae.cli import options
+from fae.errors import FaeInputError
+from fae.methods.registry import METHODS, PROPOSED
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a Feature-Autoencoder (or another method)")
+    p.add_argument("--data", type=Path, help="dataset folder or datalist")
+    p.add_argument("--out", type=Path, help="run folder (the same command again continues it)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue an interrupted run, or with --steps N train a finished one longer",
+    )
+    p.add_argument(
+        "--method",
+        default=PROPOSED,
+        choices=list(METHODS),
+        help="what to train (default: %(default)s); other settings via --config",
+    )
+    p.add_argument("--config", type=Path, help="TOML/YAML/JSON file of settings; flags override it")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--backbone", choices=["resnet18", "efficientnet-lite0"])
+    p.add_argument("--layers", help="comma-separated extractor layers (default: the paper's)")
+    p.add_argument("--weights", type=Path, metavar="FILE", help="extractor weights (a state dict)")
+    p.add_argument(
+        "--no-pretrained", action="store_true", help="random extractor weights (ablation)"
+    )
+    p.add_argument(
+        "--batchnorm",
+        choices=["train", "frozen"],
+        help="extractor BatchNorm while training: 'train' as the paper's code (default), "
+        "'frozen' to compute features once (faster)",
+    )
+    p.add_argument("--slice-score", choices=["top10", "max"])
+    p.add_argument(
+        "--standardize-features",
+        action="store_true",
+        default=None,
+        help="z-score feature channels before the autoencoder (not in the paper; learns faster)",
+    )
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument(
+        "--precision",
+        choices=options.PRECISION_CHOICES,
+        help="arithmetic of training and maps (default: auto = bf16 where the CPU or GPU has "
+        "it natively, for FAE; fp32 otherwise)",
+    )
+    options.add_split(p)
+    p.add_argument(
+        "--all-train-slices", action="store_true", help="also train on slices with lesions"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    options.add_prep_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fae.workflow import RunSpec, train_or_resume
+
+    if args.resume is not None:
+        folder = args.resume
+        spec = RunSpec.of_run(folder, args.device)
+        if args.steps is not None:
+            spec = replace(spec, params={**spec.params, "steps": args.steps})
+    elif args.data is None or args.out is None:
+        raise FaeInputError(None, "fae train needs --data and --out (or --resume RUN)")
+    else:
+        folder = args.out
+        spec = RunSpec(
+            args.data,
+            args.modality,
+            args.method,
+            model_params(args),
+            options.prep_config(args),
+            options.channels(args),
+            **options.split(args),
+            lesion_free_only=not args.all_train_slices,
+            device=args.device,
+        )
+    try:
+        estimator = train_or_resume(spec, folder, options.cache_dir(args), announce=print)
+    except KeyboardInterrupt:
+        print(f"fae: interrupted; continue with: fae train --resume {folder}", file=sys.stderr)
+        return 130
+    print(f"run {folder}: trained {estimator.step_} steps; checkpoint {folder / 'checkpoint.pt'}")
+    return 0
+
+
+def model_params(args: argparse.Namespace) -> dict:
+    """Settings from --config, overridden by the flags given on the command line."""
+    from fae.config import read_config_file
+
+    params = read_config_file(args.config) if args.config else {}
+    flags = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "backbone": args.backbone,
+        "layers": args.layers.split(",") if args.layers else None,
+        "train_batchnorm": None if args.batchnorm is None else args.batchnorm == "train",
+        "slice_score": args.slice_score,
+        "standardize_features": args.standardize_features or None,
+        "checkpoint_every": args.checkpoint_every,
+        "precision": args.precision,
+    }
+    params.update({k: v for k, v in flags.items() if v is not None})
+    if args.weights and args.no_pretrained:
+        raise FaeInputError(None, "--weights and --no-pretrained exclude each other")
+    if args.weights:
+        params["weights"] = str(args.weights)
+    if args.no_pretrained:
+        params["weights"] = None
+    return params

@@ -1,0 +1,42 @@
+"""The Feature-Autoencoder's hyper-parameters (the paper's defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fae.config import TrainingConfig
+from fae.methods.fae.torch_model import DEFAULT_HIDDEN
+
+
+@dataclass
+class FAEConfig(TrainingConfig):
+    """Everything that defines a Feature-Autoencoder and its training (paper defaults).
+
+    weights: ``"imagenet"`` (pretrained), a path to a state-dict file, or ``None`` (random
+    initialisation: the paper's "untrained ResNet" ablation).
+    train_batchnorm: leave the extractor's BatchNorm in training mode while training, as the
+    paper's code does (features then depend on the batch and are recomputed every step). The
+    default, because it measured better on the LGG T1 development split (see the README);
+    ``False`` freezes it, so that features are computed once and training is faster.
+    standardize_features: not in the paper: z-score each feature channel with the training
+    set's statistics before the autoencoder. SSIM's constants assume values of order 1, while
+    raw CNN channels differ in scale by orders of magnitude; standardised, the autoencoder
+    learns much faster (see the README).
+    """
+
+    backbone: str = "resnet18"
+    layers: list[str] | None = None
+    weights: str | None = "imagenet"
+    train_batchnorm: bool = True
+    hidden: list[int] = field(default_factory=lambda: list(DEFAULT_HIDDEN))
+    dropout: float = 0.1
+    ssim_window: int = 5
+    ssim_sigma: float = 1.5
+    standardize_features: bool = False
+
+    def problems(self) -> dict[str, bool]:
+        return {
+            **super().problems(),
+            "dropout must be in [0, 1)": not 0 <= self.dropout < 1,
+            "ssim_window must be odd": self.ssim_window % 2 == 0,
+        }

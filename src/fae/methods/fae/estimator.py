@@ -1,0 +1,39 @@
+"""``FAE``: the Structural Feature-Autoencoder as a scikit-learn-style estimator.
+
+Hyper-parameters go to ``__init__`` (:class:`~fae.methods.fae.config.FAEConfig`); ``fit`` sets
+the learned state; ``predict`` gives anomaly maps, ``evaluate`` all of the paper's metrics;
+``save``/``load`` round-trip through a ``weights_only`` checkpoint. What every method shares is
+in :class:`fae.methods.base.AnomalyMethod`.
+"""
+
+from __future__ import annotations
+
+from fae.methods.base import AnomalyMethod
+from fae.methods.fae.config import FAEConfig
+from fae.methods.fae.torch_model import StructuralFAE
+
+
+class FAE(AnomalyMethod):
+    """Structural Feature-Autoencoder (Meissen et al. 2022) with the paper's defaults.
+
+    ``params`` are :class:`~fae.methods.fae.config.FAEConfig` fields (``backbone``, ``steps``,
+    ``seed``...).
+    """
+
+    name = "fae"
+    config_class = FAEConfig
+    bf16_validated = True  # maps and LGG metrics checked against fp32 (README, "Speed")
+
+    def build(self, load_weights: bool = True) -> StructuralFAE:
+        c = self.config
+        return StructuralFAE(
+            c.backbone,
+            c.layers,
+            c.weights if load_weights else None,
+            c.train_batchnorm,
+            c.hidden,
+            c.dropout,
+            c.ssim_window,
+            c.ssim_sigma,
+            c.standardize_features,
+        )
