@@ -32,7 +32,7 @@ def test_evaluate_maps_agrees_with_sklearn_inside_the_brain():
     assert [r["lesion_slices"] for r in per_subject] == [1, 2]
 
 
-def test_top_fraction_score_is_mean_of_top_ten_percent():
+def test_slice_score_is_mean_of_top_ten_percent_or_the_maximum():
     maps = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
     masks = np.ones_like(maps, bool)
     assert slice_scores(maps, masks)[0] == np.mean(np.arange(90, 100))

@@ -97,12 +97,14 @@ def test_dfr_latent_size_from_pca(slices, tmp_path):
     assert sum(isinstance(m, torch.nn.ReLU) for m in layers) == 4
 
 
-@pytest.mark.parametrize("name", ["ae-ssim", "vae", "fanogan", "dfr"])
+@pytest.mark.parametrize("name", ["ae-mse", "ae-ssim", "vae", "fanogan", "dfr", "fae"])
 def test_resume_gives_identical_weights(name, slices, tmp_path):
     cls = method_class(name)
     params = {**TINY[name], "steps": 6, "checkpoint_every": 3}
     if name == "fanogan":
         params["gan_steps"] = 2  # stopped and resumed in the encoder phase
+    if name == "fae":
+        params["standardize_features"] = True
     full = cls(prep=PREP, progress=False, **params).fit(slices[:24], slices[24:])
     short = cls(prep=PREP, progress=False, **{**params, "steps": 3})
     short.fit(slices[:24], slices[24:], run_dir=tmp_path / "run")
@@ -119,6 +121,8 @@ def test_resume_gives_identical_weights(name, slices, tmp_path):
     # a finished 3-step run trained longer: the same weights as 6 steps in one go
     finished = cls(prep=PREP, progress=False, **{**params, "steps": 3})
     finished.fit(slices[:24], slices[24:], run_dir=tmp_path / "done")
+    again = cls.resume(tmp_path / "done", slices[:24], slices[24:], progress=False)
+    assert again.step_ == 3, "resuming a finished run trains nothing (and keeps its state)"
     extended = cls.resume(tmp_path / "done", slices[:24], slices[24:], progress=False, steps=6)
     assert extended.step_ == 6 and extended.is_finished and extended.config.steps == 6
     extended_state = extended.model_.state_dict()

@@ -21,7 +21,8 @@ from fae import __version__
 from fae.errors import FaeInputError
 from fae.io import atomic_path
 
-# 2: keys method/config/state_dict/meta in both files (fae 0.2); 1: kind/model (fae 0.1)
+# 2 (fae 0.2): method, config, prep, meta in both files, state_dict and the rest in the checkpoint;
+# 1 (fae 0.1): kind, model. Bump it whenever a saved run would load but behave differently.
 FORMAT = 2
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 import yaml
 
 from fae.errors import FaeInputError
-from fae.evaluation import SLICE_SCORES
 from fae.runtime import PRECISIONS
+
+# slice score → the top fraction of a slice's brain pixels it averages (0: the maximum); the
+# score itself is fae.evaluation.slice_scores
+SLICE_SCORES = {"top10": 0.1, "max": 0.0}
 
 
 @dataclass

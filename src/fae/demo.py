@@ -23,9 +23,9 @@ MODALITY = "t1"
 # extractor BatchNorm (features computed once) so that the demo ends in minutes;
 # EfficientNet-Lite0 because its ImageNet weights install with the package, while ResNet-18's
 # must be downloaded.
+DEMO_STEPS = 150
 DEMO_PARAMS = {
     "backbone": "efficientnet-lite0",
-    "steps": 150,
     "lr": 1e-3,
     "train_batchnorm": False,
     "checkpoint_every": 50,
@@ -45,8 +45,8 @@ def run_demo(
     if not datalist.exists():
         make_synthetic(data_dir, n_subjects, seed=seed, modalities=(MODALITY,))
     params = {**DEMO_PARAMS, "seed": seed, "standardize_features": standardize_features}
-    if steps:
-        params["steps"] = steps
+    if steps or not (run / "checkpoint.pt").exists():  # else: the run's own, when continued
+        params["steps"] = steps or DEMO_STEPS
     cache = out / "cache"
     spec = RunSpec(datalist, MODALITY, params=params, split_seed=seed)
     estimator = train_or_resume(spec, run, cache)

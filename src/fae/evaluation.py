@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fae.config import SLICE_SCORES
 from fae.data.slices import SliceSet
 from fae.metrics import PixelMetrics, per_subject_dice, slice_metrics
 from fae.runtime import chunks
-
-# slice score → the top fraction of a slice's brain pixels it averages (0: the maximum)
-SLICE_SCORES = {"top10": 0.1, "max": 0.0}
 
 
 def slice_scores(maps: np.ndarray, masks: np.ndarray, kind: str = "top10") -> np.ndarray:

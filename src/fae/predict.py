@@ -32,6 +32,7 @@ from fae.data.volume import Volume
 from fae.errors import FaeInputError
 from fae.io import atomic_path, atomic_paths, derived_header, save_nifti
 from fae.methods.base import AnomalyMethod
+from fae.runtime import BATCH_SIZE
 from fae.viz import save_overlay
 
 SCORE_COLUMNS = (
@@ -67,7 +68,7 @@ def predict_scans(
     scans: Sequence[Scan],
     out: Path,
     fpr: float = 0.05,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     failures: list[tuple[str, str]] | None = None,
     cache_dir: Path | None = None,
@@ -81,7 +82,7 @@ def predict_scans(
     files a ``"given"`` run was trained with).
     """
     prep = with_brain_mask(estimator.prep, brain_mask_source)
-    writer = _Writer(estimator, out, fpr, list(failures or []))
+    writer = _Writer(estimator, out, fpr, batch_size, list(failures or []))
     out.mkdir(parents=True, exist_ok=True)
     quiet = estimator.progress
     estimator.progress = False  # one bar over scans, not one per batch
@@ -137,9 +138,14 @@ class _Writer:
     """Maps a group of scans and writes each one's outputs; keeps the rows and failures."""
 
     def __init__(
-        self, estimator: AnomalyMethod, out: Path, fpr: float, failures: list[tuple[str, str]]
+        self,
+        estimator: AnomalyMethod,
+        out: Path,
+        fpr: float,
+        batch_size: int,
+        failures: list[tuple[str, str]],
     ) -> None:
-        self.estimator, self.out, self.fpr = estimator, out, fpr
+        self.estimator, self.out, self.fpr, self.batch_size = estimator, out, fpr, batch_size
         self.pixel_t, self.slice_t = _thresholds(estimator, fpr)
         healthy_max = float(estimator.calibration_.get("max", 0.0))
         self.vmax = healthy_max if healthy_max > self.pixel_t * 1.05 else self.pixel_t * 1.5
@@ -149,7 +155,7 @@ class _Writer:
     def write(self, group: list[_Loaded], bar: tqdm) -> None:
         images = np.concatenate([g.prepared.images for g in group])
         masks = np.concatenate([g.prepared.masks for g in group])
-        maps = self.estimator.predict(images, masks) if len(images) else images
+        maps = self.estimator.predict(images, masks, self.batch_size) if len(images) else images
         start = 0
         for item in group:
             n = len(item.prepared.images)

@@ -141,6 +141,7 @@ def train(
     if resume is not None:
         state.load_state_dict(resume)
         if state.step >= config.steps:  # a finished run: nothing to compute
+            _restore_rng(resume)  # so that its state, saved again, is the same
             return state
     cached = _training_features(model, train_images, device, resume is None, progress, precision)
     val_features = None
@@ -150,9 +151,7 @@ def train(
         )
     # The random state is restored last, after anything above that might draw from it.
     if resume is not None:
-        torch.set_rng_state(resume["torch_rng"])
-        if resume["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        _restore_rng(resume)
     else:
         torch.manual_seed(config.seed)
     _loop(
@@ -169,6 +168,12 @@ def train(
         progress,
     )
     return state
+
+
+def _restore_rng(saved: dict) -> None:
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
 def _training_features(

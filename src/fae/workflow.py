@@ -26,7 +26,7 @@ from fae.data.preprocess import PrepConfig, with_brain_mask
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
 from fae.device import resolve_device
 from fae.errors import FaeInputError
-from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind
+from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind, evaluate_maps
 from fae.io import atomic_path
 from fae.methods.base import AnomalyMethod, load_method
 from fae.methods.registry import PROPOSED, method_class
@@ -96,7 +96,7 @@ def train_or_resume(
         est = load_method(out, device=spec.device, progress=progress)
         _check_same_run(est, spec, out)
         steps = spec.params.get("steps")
-        if est.learns and steps is not None and steps != est.config.steps:
+        if steps is not None and steps != est.config.steps:
             est.extend(steps)
         if est.is_finished:
             return est
@@ -139,7 +139,7 @@ def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
         raise differs(f"of {est.name}, not {spec.method}")
     saved = est.config.to_dict()
     for key, value in spec.params.items():
-        if key != "steps" and saved.get(key) != value:
+        if key != "steps" and _plain(saved.get(key)) != _plain(value):
             raise differs(f"with {key}={saved.get(key)!r}, not {value!r}")
     if est.prep.to_dict() != spec.prep.to_dict():
         raise differs("with other preprocessing")
@@ -147,8 +147,15 @@ def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
         raise differs(f"on {meta['data']}, not {Path(spec.data).resolve()}")
     if spec.modality is not None and meta["modality"] != spec.modality:
         raise differs(f"on {meta['modality']}, not {spec.modality}")
+    if _plain(meta["channels"]) != _plain(spec.channels):
+        raise differs(f"with channels {meta['channels']}, not {spec.channels}")
     if meta["split"] != spec.split() or meta["lesion_free_only"] != spec.lesion_free_only:
         raise differs("with another subject split or choice of training slices")
+
+
+def _plain(value: object) -> object:
+    """A setting as JSON keeps it (tuples become lists), for comparing saved and asked."""
+    return json.loads(json.dumps(value))
 
 
 def _training_slices(
@@ -206,10 +213,11 @@ def evaluate_run(
     started = time.perf_counter()
     maps = estimator.predict(slices)
     seconds = time.perf_counter() - started
-    summary, per_subject = estimator.evaluate(slices, maps)
+    scores = estimator.slice_scores(maps, slices.masks)
+    summary, per_subject = evaluate_maps(slices, maps, scores)
     kinds = anomaly_kinds(dataset.root)
     if kinds:  # synthetic data: the same metrics per anomaly kind
-        by_kind = evaluate_by_kind(slices, maps, kinds, estimator.slice_scores(maps, slices.masks))
+        by_kind = evaluate_by_kind(slices, maps, kinds, scores)
         summary["by_kind"] = {
             k: {m: v for m, v in d.items() if m != "pr_curve"}
             for k, d in by_kind.items()
@@ -277,7 +285,10 @@ def calibrate_run(
         raise FaeInputError(data, "no healthy brain slices to calibrate on")
     calibration = estimator.calibrate(slices, str(Path(data).resolve()))
     estimator.meta["intensity"] = reference
-    estimator.save_run(run_dir)
+    if run.is_dir():
+        estimator.save_run(run)
+    else:  # a checkpoint file on its own
+        estimator.save(run, training_state=True)
     with atomic_path(run_dir / "calibration.json") as tmp:
         tmp.write_text(json.dumps({**calibration, "intensity": reference}, indent=2))
     return calibration

@@ -23,7 +23,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="calibrated false-positive rate on healthy data that sets the thresholds "
         "(default: %(default)s; calibrated: 0.001, 0.01, 0.05)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="slices per batch, across scans")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="slices per batch, across scans (default: 64)"
+    )
     p.add_argument("--device", default="auto")
     options.add_channels(p)
     options.add_cache(p, "brain-mask")

@@ -100,7 +100,7 @@ def pick_modality(
     if wanted and (strict or len(available) != 1):
         raise FaeInputError(None, f"no '{wanted}' images (found: {names})")
     if len(available) != 1:
-        raise FaeInputError(None, f"several modalities ({names}): choose one with --modality")
+        raise FaeInputError(None, f"several modalities ({names}): choose one")
     return next(iter(available))
 
 

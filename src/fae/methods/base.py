@@ -139,21 +139,25 @@ class AnomalyMethod:
     def continue_fit(self, train_slices, val_slices=None, run_dir: Path | None = None):
         """Continue a loaded run's training to its configured steps, then calibrate."""
         if self.learns and self._train_state is None:
-            raise FaeInputError(run_dir, "the run holds no training state to continue: delete it")
+            raise FaeInputError(run_dir, "the run holds no training state to continue training")
         return self._train(train_slices, val_slices, run_dir, resume=self._train_state)
 
     def extend(self, steps: int) -> None:
         """Set the training budget to ``steps`` (at least the steps already trained); every
-        other setting stays (f-AnoGAN's GAN phase included)."""
+        other setting stays (f-AnoGAN's GAN phase included). A run that will train further
+        drops its thresholds: they belong to the shorter model, and training ends with new ones.
+        """
         if not self.learns:
             raise FaeInputError(
                 None, f"{self.name!r} learns nothing: there is no training to extend"
             )
         if steps < self.step_:
             raise FaeInputError(
-                None, f"the run has trained {self.step_} steps already; --steps {steps} is fewer"
+                None, f"the run has trained {self.step_} steps already, more than {steps} asked for"
             )
         self.config = replace(self.config, steps=steps)
+        if steps > self.step_ and hasattr(self, "calibration_"):
+            del self.calibration_
 
     @property
     def is_finished(self) -> bool:
