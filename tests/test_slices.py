@@ -52,3 +52,18 @@ def test_missing_modality_is_a_clear_error(flat_dataset):
 
     with pytest.raises(FaeInputError, match="no 't2' images"):
         prepare_dataset(discover(flat_dataset), "t2", progress=False)
+
+
+def test_three_way_split_keeps_selection_apart_from_report_patients():
+    from types import SimpleNamespace
+
+    ds = SimpleNamespace(subjects=[SimpleNamespace(id=f"p{i:02d}", split=None) for i in range(80)])
+    two = split_subjects(ds, test_fraction=0.35, val_fraction=0.1, seed=0)
+    three = split_subjects(ds, test_fraction=0.35, val_fraction=0.1, seed=0, select_fraction=0.15)
+    sizes = {part: len(ids) for part, ids in three.items()}
+    assert sizes == {"train": 32, "val": 8, "select": 12, "test": 28}
+    every = [i for ids in three.values() for i in ids]
+    assert sorted(every) == sorted(s.id for s in ds.subjects), "disjoint and complete"
+    assert three["test"] == two["test"], "the report patients do not depend on the selection"
+    assert two["select"] == [] and set(two["train"]) == set(three["train"] + three["select"])
+    assert three == split_subjects(ds, 0.35, 0.1, 0, 0.15), "fixed by the seed"

@@ -51,10 +51,16 @@ def run_benchmark(
     device: str = "auto",
     progress: bool = True,
     channels: list[str] | None = None,
+    subjects: str = "test",
 ) -> dict:
     """Train and evaluate every method for seeds 0..seeds-1 (skipping finished runs, extending
     runs when ``steps`` grew); write and return the summary. ``overrides``: per-method settings
-    (e.g. from a TOML table); ``split``: ``test_fraction``, ``val_fraction``, ``split_seed``."""
+    (e.g. from a TOML table); ``split``: ``test_fraction``, ``val_fraction``, ``split_seed``,
+    ``select_fraction``. ``subjects``: evaluate on the report patients (``"test"``: ``eval/`` in
+    each run, the summary in ``out``) or on the selection patients (``"select"``:
+    ``eval-select/``, the summary in ``out/select``)."""
+    if subjects not in ("test", "select"):
+        raise FaeInputError(None, f"--subjects must be test or select, got {subjects!r}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise FaeInputError(
@@ -62,6 +68,7 @@ def run_benchmark(
         )
     if seeds < 1:
         raise FaeInputError(None, f"--seeds must be at least 1, got {seeds}")
+    summary_dir = out if subjects == "test" else out / subjects
     runs: dict[str, list[dict]] = {method: [] for method in methods}
     for seed in range(seeds):  # seed by seed, so an early stop leaves every method comparable
         for method in methods:
@@ -70,19 +77,20 @@ def run_benchmark(
             spec = RunSpec(
                 data, modality, method, params, prep, channels, **(split or {}), device=device
             )
-            runs[method].append(_trained_and_evaluated(spec, run, cache_dir, progress))
-        write_summary(summarize(runs), runs, out)  # partial tables while later seeds run
+            runs[method].append(_trained_and_evaluated(spec, run, subjects, cache_dir, progress))
+        write_summary(summarize(runs), runs, summary_dir)  # partial tables while seeds run
     summary = summarize(runs)
-    write_summary(summary, runs, out)
+    write_summary(summary, runs, summary_dir)
     return summary
 
 
 def _trained_and_evaluated(
-    spec: RunSpec, run: Path, cache_dir: Path | None, progress: bool
+    spec: RunSpec, run: Path, subjects: str, cache_dir: Path | None, progress: bool
 ) -> dict:
-    """The metrics of one (method, seed) run on its test subjects, training or evaluating
-    only what is not done yet."""
-    metrics_path = run / "eval" / "metrics.json"
+    """The metrics of one (method, seed) run on its ``subjects`` (test or select), training or
+    evaluating only what is not done yet."""
+    folder = run / ("eval" if subjects == "test" else f"eval-{subjects}")
+    metrics_path = folder / "metrics.json"
     header = f"== {spec.method}, seed {spec.params['seed']}:"
 
     def announce(message: str) -> None:
@@ -95,7 +103,7 @@ def _trained_and_evaluated(
         if metrics["steps"] == est.step_:
             return metrics
     announce(f"evaluating {run}")
-    evaluate_run(run, spec.data, run / "eval", "test", cache_dir, spec.device, progress)
+    evaluate_run(run, spec.data, folder, subjects, cache_dir, spec.device, progress)
     return json.loads(metrics_path.read_text())
 
 

@@ -47,6 +47,7 @@ class RunSpec:
     test_fraction: float = 0.5
     val_fraction: float = 0.1
     split_seed: int = 0
+    select_fraction: float = 0.0
     lesion_free_only: bool = True
     device: str = "auto"
 
@@ -67,6 +68,7 @@ class RunSpec:
             test_fraction=meta["split"]["test_fraction"],
             val_fraction=meta["split"]["val_fraction"],
             split_seed=meta["split"]["seed"],
+            select_fraction=meta["split"]["select_fraction"],
             lesion_free_only=meta["lesion_free_only"],
             device=device,
         )
@@ -76,6 +78,7 @@ class RunSpec:
             "test_fraction": self.test_fraction,
             "val_fraction": self.val_fraction,
             "seed": self.split_seed,
+            "select_fraction": self.select_fraction,
         }
 
 
@@ -111,7 +114,9 @@ def train_or_resume(
     say(f"training {spec.method} into {out}")
     dataset = discover(spec.data, spec.channels)
     modality = dataset.pick_modality(spec.modality)
-    splits = split_subjects(dataset, spec.test_fraction, spec.val_fraction, spec.split_seed)
+    splits = split_subjects(
+        dataset, spec.test_fraction, spec.val_fraction, spec.split_seed, spec.select_fraction
+    )
     if not splits["train"]:
         raise FaeInputError(spec.data, "no training subjects after the split")
     est.meta = {
@@ -197,8 +202,9 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run on the labelled subjects of ``data``; returns the summary.
 
-    ``subjects``: ``"test"`` (the run's test split), ``"all"``, or ``"auto"`` (the run's test
-    split when ``data`` is the data it was trained on, else every subject). ``brain_mask``
+    ``subjects``: ``"test"`` (the run's report patients), ``"select"`` (its selection patients,
+    for choosing settings), ``"all"``, or ``"auto"`` (the run's test split when ``data`` is the
+    data it was trained on, else every subject). ``brain_mask``
     replaces the run's brain-mask source, ``precision`` the arithmetic of its maps (``None``:
     the run's). Writes ``metrics.json``, ``per_subject.csv`` and ``slices.png`` into ``out``.
     """
@@ -318,11 +324,12 @@ def _evaluation_subjects(dataset: Dataset, meta: dict, subjects: str, data: Path
     same_data = Path(meta.get("data", "")) == Path(data).resolve()
     if subjects == "all" or (subjects == "auto" and not same_data):
         return ids
-    if subjects not in ("test", "auto"):
-        raise FaeInputError(None, f"--subjects must be test, all or auto, got {subjects!r}")
-    test = [s for s in meta.get("splits", {}).get("test", []) if s in set(ids)]
-    if not test:
+    if subjects not in ("test", "select", "auto"):
+        raise FaeInputError(None, f"--subjects must be test, select, all or auto, got {subjects!r}")
+    part = "select" if subjects == "select" else "test"
+    chosen = [s for s in meta.get("splits", {}).get(part, []) if s in set(ids)]
+    if not chosen:
         raise FaeInputError(
-            data, "none of the run's test subjects are in this dataset: use --subjects all"
+            data, f"none of the run's {part} subjects are in this dataset: use --subjects all"
         )
-    return test
+    return chosen

@@ -38,6 +38,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         "has it; a [method] table may set its own)",
     )
     options.add_split(p)
+    p.add_argument(
+        "--subjects",
+        choices=["test", "select"],
+        default="test",
+        help="evaluate on the report patients (default) or on the selection patients "
+        "(--select-fraction), whose summary goes to OUT/select",
+    )
     p.add_argument("--device", default="auto")
     options.add_prep_options(p)
     p.set_defaults(func=benchmark)
@@ -70,10 +77,12 @@ def benchmark(args: argparse.Namespace) -> int:
             options.cache_dir(args),
             args.device,
             channels=options.channels(args),
+            subjects=args.subjects,
         )
     except KeyboardInterrupt:
         print("fae: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     print(format_markdown(summary))
-    print(f"wrote {args.out / 'results.md'}, bars.png and pr_curves.png")
+    where = args.out if args.subjects == "test" else args.out / args.subjects
+    print(f"wrote {where / 'results.md'}, bars.png and pr_curves.png")
     return 0

@@ -14,7 +14,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--subjects", choices=["auto", "test", "all"], default="auto")
+    p.add_argument(
+        "--subjects",
+        choices=["auto", "test", "select", "all"],
+        default="auto",
+        help="the run's report (test) or selection patients, or all subjects (default: auto, "
+        "the test patients of the run's own data, else all)",
+    )
     p.add_argument("--device", default="auto")
     options.add_cache(p)
     options.add_brain_mask_override(p)

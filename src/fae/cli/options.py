@@ -54,6 +54,12 @@ def add_split(p: argparse.ArgumentParser) -> None:
         help="share of subjects held out for testing (without a datalist split)",
     )
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--select-fraction",
+        type=float,
+        default=0.0,
+        help="share of subjects with lesions kept apart for choosing settings (default: 0)",
+    )
     p.add_argument("--split-seed", type=int, default=0)
 
 
@@ -126,4 +132,5 @@ def split(args: argparse.Namespace) -> dict:
         "test_fraction": args.test_fraction,
         "val_fraction": args.val_fraction,
         "split_seed": args.split_seed,
+        "select_fraction": args.select_fraction,
     }

@@ -41,7 +41,7 @@ MODALITY_ALIASES = {
     "adc": "adc",
 }
 SEG_TOKENS = {"seg", "segmentation", "label", "labels", "lesion", "lesions", "otmulticlass", "gt"}
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "select", "test")
 KNOWN_MODALITIES = set(MODALITY_ALIASES.values())
 
 

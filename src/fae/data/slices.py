@@ -140,15 +140,20 @@ def split_subjects(
     test_fraction: float = 0.5,
     val_fraction: float = 0.1,
     seed: int = 0,
+    select_fraction: float = 0.0,
 ) -> dict[str, list[str]]:
-    """Split subject ids into ``train``/``val``/``test``, by subject, never by slice.
+    """Split subject ids into ``train``/``val``/``select``/``test``, by subject, never by slice.
 
-    A datalist's own ``split`` column wins where given; other subjects are shuffled with
-    ``seed`` and divided by the fractions (at least one test subject when there are two or more).
+    ``train`` and ``val`` give the healthy slices a model learns from and is calibrated on;
+    ``select`` are patients with lesions for choosing settings, kept apart from the ``test``
+    patients that results are reported on. A datalist's own ``split`` column wins where given;
+    other subjects are shuffled with ``seed`` and divided by the fractions: test, val, select,
+    then train (at least one test subject when there are two or more), so that the test and
+    val subjects do not depend on ``select_fraction`` and its 0 gives the two-way split.
     Without validation subjects, ``val_fraction`` of the training subjects (at least one) are
     held out: a run needs healthy validation slices for its loss and threshold calibration.
     """
-    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    splits: dict[str, list[str]] = {"train": [], "val": [], "select": [], "test": []}
     free = []
     for s in dataset.subjects:
         (splits[s.split] if s.split else free).append(s.id)
@@ -157,10 +162,12 @@ def split_subjects(
     n_test = round(len(free) * test_fraction)
     if len(free) >= 2 and test_fraction > 0:
         n_test = max(n_test, 1)
+    n_select = round(len(free) * select_fraction)
     n_val = round(len(free) * val_fraction)
     splits["test"] += free[:n_test]
     splits["val"] += free[n_test : n_test + n_val]
-    splits["train"] += free[n_test + n_val :]
+    splits["select"] += free[n_test + n_val : n_test + n_val + n_select]
+    splits["train"] += free[n_test + n_val + n_select :]
     if not splits["val"] and val_fraction > 0 and len(splits["train"]) >= 2:
         n_val = max(1, round(len(splits["train"]) * val_fraction))
         splits["val"] = splits["train"][-n_val:]

@@ -1,0 +1,115 @@
+"""The paper's protocol on the brain-extracted LGG scans, with its learning curve.
+
+Every (method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps by default —
+each stage extending the last (bit-identical to one uninterrupted run), and evaluated after
+each stage on the selection patients and on the report patients of the three-way split. The
+curve lands in ``OUT/curve.csv``; at the end ``fae benchmark``'s own summary of the final runs
+(``OUT/results.md``, ``bars.png``..., and ``OUT/select/``) is written. Everything resumes:
+rerun the same command after an interruption.
+
+    .venv/bin/python benchmarks/protocol.py --modality t1 --methods fae --seeds 5 \
+        --out benchmark-output/protocol/lgg-t1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from fae.benchmark import METRICS, method_params, run_benchmark
+from fae.config import read_config_file
+from fae.data.cache import default_cache_dir
+from fae.data.preprocess import PrepConfig
+from fae.io import atomic_path
+from fae.workflow import RunSpec, evaluate_run, train_or_resume
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The three-way split of issue 13, fixed by seed: report (test), healthy-slice training and
+# validation, and selection patients.
+SPLIT = {"test_fraction": 0.35, "val_fraction": 0.1, "select_fraction": 0.15, "split_seed": 0}
+CONFIG = Path(__file__).parent / "configs" / "lgg-cpu.toml"
+STAGES = (1000, 2000, 5000, 10_000)
+COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", choices=["t1", "flair"], required=True)
+    parser.add_argument("--methods", default="fae")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--stages", default=",".join(map(str, STAGES)))
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    data = SHARED / f"lgg-{args.modality}"
+    methods = args.methods.split(",")
+    stages = [int(s) for s in args.stages.split(",")]
+    overrides = read_config_file(args.config)
+    cache = default_cache_dir()
+    prep = PrepConfig()
+    for seed in range(args.seeds):
+        for method in methods:
+            run = args.out / "runs" / method / f"seed{seed}"
+            for steps in stages:
+                params = method_params(method, seed, steps, overrides.get(method, {}))
+                spec = RunSpec(data, args.modality, method, params, prep, **SPLIT)
+                if _done(args.out, method, seed, steps):
+                    continue
+                est = train_or_resume(spec, run, cache, announce=print)
+                for subjects in ("select", "test"):
+                    summary = evaluate_run(
+                        run, data, run / f"eval-{subjects}-{steps}", subjects, cache
+                    )
+                    _record(args.out, method, seed, est.step_, subjects, summary, run)
+    run_benchmark(data, args.out, methods, args.seeds, args.modality, stages[-1], overrides,
+                  prep, SPLIT, cache, subjects="select")  # fmt: skip
+    summary = run_benchmark(data, args.out, methods, args.seeds, args.modality, stages[-1],
+                            overrides, prep, SPLIT, cache)  # fmt: skip
+    print(json.dumps({m: {k: summary[m][k]["mean"] for k in METRICS} for m in summary}, indent=1))
+
+
+def _done(out: Path, method: str, seed: int, steps: int) -> bool:
+    path = out / "curve.csv"
+    if not path.exists():
+        return False
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    key = (method, str(seed), str(steps))
+    return {r["subjects"] for r in rows if (r["method"], r["seed"], r["steps"]) == key} == {
+        "select",
+        "test",
+    }
+
+
+def _record(
+    out: Path, method: str, seed: int, steps: int, subjects: str, summary: dict, run: Path
+) -> None:
+    """Append one row to ``curve.csv`` (rewritten atomically)."""
+    path = out / "curve.csv"
+    rows = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    row = {"method": method, "seed": seed, "steps": steps, "subjects": subjects}
+    row["val_loss"] = _val_loss(run, steps)
+    row.update({k: f"{summary[k]:.6f}" for k in METRICS})
+    rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _val_loss(run: Path, steps: int) -> str:
+    with (run / "train_log.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if int(row["step"]) == steps and row["val_loss"]:
+                return row["val_loss"]
+    return ""
+
+
+if __name__ == "__main__":
+    main()
