@@ -175,3 +175,41 @@ def test_bad_checkpoints_and_settings(tmp_path):
         FAE(learning_rate=1)
     with pytest.raises(FaeInputError, match="slice_score"):
         FAE(slice_score="mean")
+
+
+def test_tail_surprisal_reads_the_healthy_quantiles_and_keeps_growing():
+    import math
+
+    from fae.methods.fae.fusion import TailSurprisal
+
+    values = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    tail = TailSurprisal()
+    tail.fit(values)
+    q99 = torch.quantile(values.double(), 0.99).float()
+    assert float(tail(q99[None])) == pytest.approx(math.log(100), abs=0.02)
+    grid = torch.linspace(-5, 10, 1001)
+    s = tail(grid)
+    assert (s.diff() >= 0).all() and float(s[0]) == pytest.approx(math.log(2), abs=1e-5)
+    assert float(tail(torch.tensor([10.0]))) > float(tail(values.max()[None])) + 5, (
+        "beyond the healthy maximum the surprisal goes on rising (no ties among bright lesions)"
+    )
+
+
+def test_fusion_with_intensity_is_fitted_on_healthy_slices_and_round_trips(healthy, tmp_path):
+    est = FAE(prep=PREP, progress=False, **{**TINY, "steps": 3, "fusion": "intensity"})
+    est.fit(healthy, run_dir=tmp_path / "run")
+    knots = est.model_.intensity_tail.knots
+    assert (knots.diff() > 0).all(), "fitted on the calibration slices"
+    images = healthy.images[:4].copy()
+    fused = est.predict(images, healthy.masks[:4])
+    structure = est.maps(images, healthy.masks[:4], est.model_.structure)
+    expected = est.model_.structure_tail(torch.from_numpy(structure)) + est.model_.intensity_tail(
+        torch.from_numpy(images)
+    )
+    brain = healthy.masks[:4]
+    np.testing.assert_allclose(fused[brain], expected.numpy()[brain], rtol=1e-5, atol=1e-5)
+    brighter = images.copy()
+    brighter[brain] = np.minimum(brighter[brain] + 0.3, 1)
+    assert est.predict(brighter, brain)[brain].mean() > fused[brain].mean()
+    loaded = FAE.load(tmp_path / "run", progress=False)
+    np.testing.assert_allclose(loaded.predict(images, brain), fused, atol=1e-5)

@@ -53,6 +53,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="z-score feature channels before the autoencoder (not in the paper; learns faster)",
     )
+    p.add_argument(
+        "--fusion",
+        choices=["none", "intensity"],
+        help="add the intensity evidence to FAE's map, each as its surprisal on healthy slices "
+        "(not in the paper; default: none)",
+    )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument(
         "--precision",
@@ -117,6 +123,7 @@ def model_params(args: argparse.Namespace) -> dict:
         "slice_score": args.slice_score,
         "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,
+        "fusion": args.fusion,
         "precision": args.precision,
     }
     params.update({k: v for k, v in flags.items() if v is not None})

@@ -21,6 +21,7 @@ writes them (the file format itself: :mod:`fae.checkpoint`).
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -90,6 +91,10 @@ class AnomalyMethod:
 
     def fit_statistics(self, images: torch.Tensor) -> None:
         """Set a non-learning module's state from (N, 1, S, S) healthy slices (default: none)."""
+
+    def fit_healthy(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """Fit map statistics on (N, S, S) healthy slices and brain masks, before the thresholds
+        are calibrated on them (default: none)."""
 
     @classmethod
     def settings_for_steps(cls, steps: int) -> dict:
@@ -202,6 +207,7 @@ class AnomalyMethod:
         """Set ``calibration_``: pixel and slice thresholds at the calibrated false-positive
         rates (see :mod:`fae.calibration`), from healthy slices; returns it."""
         images, masks = _images_and_masks(slices)
+        self.fit_healthy(images, masks)
         maps = self.predict(images, masks)
         self.calibration_ = calibrate_thresholds(
             maps, masks, self.slice_scores(maps, masks), source
@@ -220,13 +226,24 @@ class AnomalyMethod:
         self._check_fitted()
         if isinstance(images, SliceSet) or masks is None:
             images, masks = _images_and_masks(images)
+        return self.maps(images, masks, self.model_, batch_size)
+
+    def maps(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int = BATCH_SIZE,
+    ) -> np.ndarray:
+        """``fn`` ((N, 1, S, S) → (N, 1, S, S), a part of the module) over (N, S, S) slices, in
+        batches at the run's precision; 0 outside ``masks``."""
         device = resolve_device(self.device)
         precision = self.map_precision(device)
         tune_allocator()
-        model = prepare_module(self.model_, precision, device).eval()
+        prepare_module(self.model_, precision, device).eval()
         out = np.zeros(images.shape, np.float32)
         passes = batched(
-            lambda x: model(x[:, None]),
+            lambda x: fn(x[:, None]),
             images,
             device,
             precision,

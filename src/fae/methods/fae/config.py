@@ -22,6 +22,8 @@ class FAEConfig(TrainingConfig):
     set's statistics before the autoencoder. SSIM's constants assume values of order 1, while
     raw CNN channels differ in scale by orders of magnitude; standardised, the autoencoder
     learns much faster (see the README).
+    fusion: not in the paper: ``"intensity"`` adds the slice's own intensity evidence to the
+    map, each as its surprisal on the healthy calibration slices (:mod:`.fusion`).
     """
 
     backbone: str = "resnet18"
@@ -33,10 +35,12 @@ class FAEConfig(TrainingConfig):
     ssim_window: int = 5
     ssim_sigma: float = 1.5
     standardize_features: bool = False
+    fusion: str = "none"
 
     def problems(self) -> dict[str, bool]:
         return {
             **super().problems(),
             "dropout must be in [0, 1)": not 0 <= self.dropout < 1,
             "ssim_window must be odd": self.ssim_window % 2 == 0,
+            "fusion must be none or intensity": self.fusion not in ("none", "intensity"),
         }

@@ -8,6 +8,9 @@ in :class:`fae.methods.base.AnomalyMethod`.
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from fae.methods.base import AnomalyMethod
 from fae.methods.fae.config import FAEConfig
 from fae.methods.fae.torch_model import StructuralFAE
@@ -36,4 +39,14 @@ class FAE(AnomalyMethod):
             c.ssim_window,
             c.ssim_sigma,
             c.standardize_features,
+            c.fusion,
         )
+
+    def fit_healthy(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """With ``fusion``: the healthy distributions of the structural map and of the
+        intensity, from healthy brain pixels."""
+        if self.config.fusion == "none":
+            return
+        structure = self.maps(images, masks, self.model_.structure)
+        self.model_.structure_tail.fit(torch.from_numpy(structure[masks]))
+        self.model_.intensity_tail.fit(torch.from_numpy(np.asarray(images, np.float32)[masks]))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fae.methods.fae.fusion import TailSurprisal
 from fae.nn.backbones import FeatureExtractor
 from fae.nn.module import MapModule
 from fae.nn.ssim import ssim_map
@@ -81,6 +82,7 @@ class StructuralFAE(MapModule):
         ssim_window: int = 5,
         ssim_sigma: float = 1.5,
         standardize_features: bool = False,
+        fusion: str = "none",
     ) -> None:
         super().__init__()
         self.extractor = FeatureExtractor(backbone, layers, weights, train_batchnorm)
@@ -92,6 +94,10 @@ class StructuralFAE(MapModule):
         # Per-channel statistics of the training features (identity until fitted).
         self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
+        self.fusion = fusion
+        if fusion == "intensity":  # fitted on healthy slices by fit_healthy
+            self.structure_tail = TailSurprisal()
+            self.intensity_tail = TailSurprisal()
 
     @property
     def cache_features(self) -> bool:
@@ -132,3 +138,15 @@ class StructuralFAE(MapModule):
     def residual(self, features: Tensor, reconstruction: Tensor) -> Tensor:
         """1 − SSIM per pixel and feature channel (the structural dissimilarity)."""
         return 1 - ssim_map(reconstruction, features, self.ssim_window, self.ssim_sigma)
+
+    def structure(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) slices → (N, 1, H, W) structural maps (the paper's anomaly map)."""
+        return super().forward(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) slices → (N, 1, H, W) maps: the structural map, or with ``fusion`` its
+        surprisal plus the intensity's (both fitted on healthy slices first)."""
+        structure = self.structure(x)
+        if self.fusion == "none":
+            return structure
+        return self.structure_tail(structure.float()) + self.intensity_tail(x.float())

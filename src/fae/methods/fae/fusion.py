@@ -1,0 +1,47 @@
+"""Fusing FAE's structural evidence with the intensity evidence thresholding uses.
+
+Each evidence becomes its *surprisal* on healthy tissue: s(v) = −log P_healthy(value ≥ v), read
+off quantiles of healthy brain pixels (the calibration slices: no lesion label is used) with
+log-linear interpolation between them and the last segment's slope beyond the highest one, so
+that the scale stays unbounded and monotone. The fused map is the sum of the surprisals — the
+negative log of the product of both tail probabilities, Fisher's way of combining independent
+evidence — with no weight to tune.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# upper-tail levels of the healthy distribution whose values are kept (the median and up)
+LEVELS = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
+
+
+class TailSurprisal(nn.Module):
+    """v → −log P_healthy(V ≥ v), fitted by :meth:`fit` on healthy values (identity-free until
+    then: all knots 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        levels = torch.tensor(LEVELS, dtype=torch.float64)
+        self.register_buffer("surprisal", (-torch.log1p(-levels)).float())
+        self.register_buffer("knots", torch.zeros(len(LEVELS)))
+
+    def fit(self, values: Tensor) -> None:
+        """Set the knots to the ``LEVELS`` quantiles of healthy ``values`` (1-D), made strictly
+        increasing so that every segment has a finite slope."""
+        v = values.double().flatten()
+        if v.numel() > 2**24:  # torch.quantile's limit; an even subsample keeps the quantiles
+            v = v[torch.linspace(0, v.numel() - 1, 2**24).long()]
+        q = torch.quantile(v, torch.tensor(LEVELS, dtype=torch.float64))
+        spread = float(q[-1] - q[0]) or 1.0
+        q = torch.maximum(q, torch.cummax(q, 0).values)
+        q = q + torch.arange(len(q), dtype=torch.float64) * spread * 1e-6
+        self.knots.copy_(q.float())
+
+    def forward(self, v: Tensor) -> Tensor:
+        q, s = self.knots.to(v.dtype), self.surprisal.to(v.dtype)
+        i = torch.searchsorted(q, v.contiguous()).clamp(1, len(q) - 1)
+        q0, q1, s0, s1 = q[i - 1], q[i], s[i - 1], s[i]
+        out = s0 + (v.clamp_min(q[0]) - q0) * (s1 - s0) / (q1 - q0)
+        return out.clamp_min(s[0])
