@@ -1,14 +1,16 @@
 """The paper's protocol on the brain-extracted LGG scans, with its learning curve.
 
-Every (method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps by default —
-each stage extending the last (bit-identical to one uninterrupted run), and evaluated after
-each stage on the selection patients and on the report patients of the three-way split. The
-curve lands in ``OUT/curve.csv``; at the end ``fae benchmark``'s own summary of the final runs
-(``OUT/results.md``, ``bars.png``..., and ``OUT/select/``) is written. Everything resumes:
-rerun the same command after an interruption.
+Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps
+by default — each stage extending the last (bit-identical to one uninterrupted run), and
+evaluated after each stage on the selection patients and on the report patients of the
+three-way split. Stage by stage: every run reaches 1,000 steps before any goes on to 2,000, so
+that an early stop leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``;
+at the end ``fae benchmark``'s own summary of the final runs (``results.md``, ``bars.png``...,
+and ``select/``) is written there. Everything resumes: rerun the same command after an
+interruption.
 
-    .venv/bin/python benchmarks/protocol.py --modality t1 --methods fae --seeds 5 \
-        --out benchmark-output/protocol/lgg-t1
+    .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
+        --out benchmark-output/protocol
 """
 
 from __future__ import annotations
@@ -36,38 +38,55 @@ COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modality", choices=["t1", "flair"], required=True)
+    parser.add_argument("--modality", default="t1,flair", help="t1, flair or both")
     parser.add_argument("--methods", default="fae")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--stages", default=",".join(map(str, STAGES)))
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    data = SHARED / f"lgg-{args.modality}"
+    modalities = args.modality.split(",")
     methods = args.methods.split(",")
     stages = [int(s) for s in args.stages.split(",")]
     overrides = read_config_file(args.config)
     cache = default_cache_dir()
     prep = PrepConfig()
-    for seed in range(args.seeds):
-        for method in methods:
-            run = args.out / "runs" / method / f"seed{seed}"
-            for steps in stages:
-                params = method_params(method, seed, steps, overrides.get(method, {}))
-                spec = RunSpec(data, args.modality, method, params, prep, **SPLIT)
-                if _done(args.out, method, seed, steps):
-                    continue
-                est = train_or_resume(spec, run, cache, announce=print)
-                for subjects in ("select", "test"):
-                    summary = evaluate_run(
-                        run, data, run / f"eval-{subjects}-{steps}", subjects, cache
-                    )
-                    _record(args.out, method, seed, est.step_, subjects, summary, run)
-    run_benchmark(data, args.out, methods, args.seeds, args.modality, stages[-1], overrides,
-                  prep, SPLIT, cache, subjects="select")  # fmt: skip
-    summary = run_benchmark(data, args.out, methods, args.seeds, args.modality, stages[-1],
-                            overrides, prep, SPLIT, cache)  # fmt: skip
-    print(json.dumps({m: {k: summary[m][k]["mean"] for k in METRICS} for m in summary}, indent=1))
+    for steps in stages:
+        for seed in range(args.seeds):
+            for modality in modalities:
+                for method in methods:
+                    _stage(args.out / f"lgg-{modality}", modality, method, seed, steps,
+                           overrides, prep, cache)  # fmt: skip
+    for modality in modalities:
+        data, out = SHARED / f"lgg-{modality}", args.out / f"lgg-{modality}"
+        for subjects in ("select", "test"):
+            summary = run_benchmark(data, out, methods, args.seeds, modality, stages[-1],
+                                    overrides, prep, SPLIT, cache, subjects=subjects)  # fmt: skip
+        print(modality, json.dumps({m: {k: summary[m][k]["mean"] for k in METRICS}
+                                    for m in summary}))  # fmt: skip
+
+
+def _stage(
+    out: Path,
+    modality: str,
+    method: str,
+    seed: int,
+    steps: int,
+    overrides: dict,
+    prep: PrepConfig,
+    cache: Path,
+) -> None:
+    """One run trained (or extended) to ``steps`` and evaluated on both patient sets."""
+    if _done(out, method, seed, steps):
+        return
+    data = SHARED / f"lgg-{modality}"
+    run = out / "runs" / method / f"seed{seed}"
+    params = method_params(method, seed, steps, overrides.get(method, {}))
+    spec = RunSpec(data, modality, method, params, prep, **SPLIT)
+    est = train_or_resume(spec, run, cache, announce=print)
+    for subjects in ("select", "test"):
+        summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
+        _record(out, method, seed, est.step_, subjects, summary, run)
 
 
 def _done(out: Path, method: str, seed: int, steps: int) -> bool:

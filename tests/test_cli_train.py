@@ -152,3 +152,24 @@ def test_train_longer_from_the_command_line(tiny_data, tmp_path, capsys):
     assert "with seed=0, not 1: use another --out" in capsys.readouterr().err
     assert main(["train", "--resume", str(short), "--steps", "3"]) == 2
     assert "trained 4 steps already" in capsys.readouterr().err
+
+
+def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_path):
+    from fae.methods.registry import method_class
+
+    base = ["train", "--data", str(tiny_data), "--size", "64", "--steps", "2"]
+    base += ["--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--preset", "best", "--out", str(tmp_path / "best")]) == 0
+    saved = json.loads((tmp_path / "best" / "config.json").read_text())["config"]
+    assert saved["backbone"] == "efficientnet-lite0" and saved["standardize_features"]
+    assert saved["fusion"] == "none" and not saved["train_batchnorm"], "best for T1: no fusion"
+    assert saved["steps"] == 2, "a flag overrides the preset"
+    assert method_class("fae").preset("best", "flair")["fusion"] == "intensity"
+    paper = method_class("fae").preset("paper", "t1")
+    assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (
+        "resnet18",
+        "imagenet",
+        True,
+    )
+    assert main([*base, "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main([*base, "--method", "dfr", "--preset", "best", "--out", str(tmp_path / "y")]) == 2

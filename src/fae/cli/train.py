@@ -29,6 +29,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         choices=list(METHODS),
         help="what to train (default: %(default)s); other settings via --config",
     )
+    p.add_argument(
+        "--preset",
+        help="named settings of the method: for fae 'paper' (the publication) or 'best' "
+        "(chosen on LGG selection patients, per modality); --config and flags override it",
+    )
     p.add_argument("--config", type=Path, help="TOML/YAML/JSON file of settings; flags override it")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int)
@@ -87,11 +92,16 @@ def run(args: argparse.Namespace) -> int:
         raise FaeInputError(None, "fae train needs --data and --out (or --resume RUN)")
     else:
         folder = args.out
+        modality = args.modality
+        if args.preset is not None and modality is None:  # presets may differ per modality
+            from fae.data.discover import discover
+
+            modality = discover(args.data, options.channels(args)).pick_modality(None)
         spec = RunSpec(
             args.data,
-            args.modality,
+            modality,
             args.method,
-            model_params(args),
+            model_params(args, modality),
             options.prep_config(args),
             options.channels(args),
             **options.split(args),
@@ -107,11 +117,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_params(args: argparse.Namespace) -> dict:
-    """Settings from --config, overridden by the flags given on the command line."""
+def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:
+    """Settings of the --preset, overridden by --config, overridden by the flags given."""
     from fae.config import read_config_file
 
-    params = read_config_file(args.config) if args.config else {}
+    params = {}
+    if args.preset is not None:
+        from fae.methods.registry import method_class
+
+        params = method_class(args.method).preset(args.preset, modality)
+    params.update(read_config_file(args.config) if args.config else {})
     flags = {
         "steps": args.steps,
         "seed": args.seed,

@@ -97,6 +97,11 @@ class AnomalyMethod:
         are calibrated on them (default: none)."""
 
     @classmethod
+    def preset(cls, name: str, modality: str | None = None) -> dict:
+        """The settings of the named preset for ``modality`` (default: the method has none)."""
+        raise FaeInputError(None, f"{cls.name!r} has no preset {name!r}")
+
+    @classmethod
     def settings_for_steps(cls, steps: int) -> dict:
         """The settings that give a training budget of ``steps`` (none for non-learning
         methods)."""

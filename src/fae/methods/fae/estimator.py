@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fae.methods.base import AnomalyMethod
+from fae.methods.fae import presets
 from fae.methods.fae.config import FAEConfig
 from fae.methods.fae.torch_model import StructuralFAE
 
@@ -26,6 +27,11 @@ class FAE(AnomalyMethod):
     name = "fae"
     config_class = FAEConfig
     bf16_validated = True  # maps and LGG metrics checked against fp32 (README, "Speed")
+
+    @classmethod
+    def preset(cls, name: str, modality: str | None = None) -> dict:
+        """``paper`` or ``best`` (per modality), from :mod:`.presets`."""
+        return presets.preset(name, modality)
 
     def build(self, load_weights: bool = True) -> StructuralFAE:
         c = self.config

@@ -1,0 +1,153 @@
+"""Map levers that need no retraining, one at a time, on the selection patients.
+
+For the FAE runs of ``benchmarks/protocol.py`` (``OUT/lgg-<modality>/runs/fae/seed*``, at
+whatever step they hold), each lever is applied on its own to the run's maps of its selection
+patients (never the report patients) and scored; mean ± std over the seeds:
+
+- ``fusion``: the intensity evidence fused in (``fusion = "intensity"``, fitted on the run's
+  healthy validation slices);
+- ``flip``: test-time augmentation, the mean of the map and the mirrored map of the mirrored
+  slice;
+- ``median3``: a median over each slice and its two neighbours in the volume;
+- ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
+  errors sit), metrics still over the whole mask;
+- ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
+  voxels set to 0;
+- ``ensemble``: the mean map over the seeds (one value).
+
+    .venv/bin/python benchmarks/levers.py --modality flair --out benchmark-output/protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from fae.data.cache import default_cache_dir
+from fae.data.discover import discover
+from fae.data.slices import SliceSet, prepare_dataset
+from fae.evaluation import evaluate_maps, slice_scores
+from fae.io import atomic_path
+from fae.methods.base import load_method
+from fae.methods.registry import method_class
+
+KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", choices=["t1", "flair"], required=True)
+    parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
+    args = parser.parse_args()
+    folder = args.out / f"lgg-{args.modality}"
+    runs = sorted((folder / "runs" / "fae").glob("seed*"))
+    cache = default_cache_dir()
+    scores: dict[str, list[dict]] = {}
+    maps_by_seed, steps = [], []
+    for run in runs:
+        est = load_method(run, progress=False)
+        steps.append(est.step_)
+        dataset = discover(est.meta["data"])
+        select = prepare_dataset(
+            dataset, args.modality, est.prep, cache, est.meta["splits"]["select"], False
+        )
+        val = prepare_dataset(dataset, args.modality, est.prep, cache, est.meta["splits"]["val"])
+        for name, maps in _levers(est, select, val.lesion_free()).items():
+            scores.setdefault(name, []).append(_score(select, maps, est.config.slice_score))
+        maps_by_seed.append(est.predict(select))
+    ensemble = [_score(select, np.mean(maps_by_seed, axis=0), "top10")] if runs else []
+    table = {name: _mean_std(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
+    table["threshold"] = _mean_std([_score(select, np.where(select.masks, select.images, 0))])
+    result = {"modality": args.modality, "seeds": len(runs), "steps": steps, "levers": table}
+    with atomic_path(folder / "levers.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    with atomic_path(folder / "levers.md") as tmp:
+        tmp.write_text(_markdown(result))
+    print(_markdown(result))
+
+
+def _levers(est, select: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:
+    base = est.predict(select)
+    flipped = est.predict(select.images[:, :, ::-1].copy(), select.masks[:, :, ::-1].copy())
+    levers = {
+        "base": base,
+        "fusion": _fused(est, healthy).predict(select),
+        "flip": np.where(select.masks, (base + flipped[:, :, ::-1]) / 2, 0),
+        "median3": _per_volume(select, base, lambda v: ndimage.median_filter(v, size=(3, 1, 1))),
+        "erode2": np.where(_eroded(select.masks, 2), base, 0),
+    }
+    threshold = float(est.calibration_["pixel"]["0.05"])
+    levers["components"] = _per_volume(select, base, lambda v: _drop_small(v, threshold, 20))
+    return {k: np.asarray(v, np.float32) for k, v in levers.items()}
+
+
+def _fused(est, healthy: SliceSet):
+    """The same trained run with the intensity evidence fused in, fitted on healthy slices."""
+    cls = method_class(est.name)
+    fused = cls(prep=est.prep, progress=False, **{**est.config.to_dict(), "fusion": "intensity"})
+    fused.model_ = fused.build(load_weights=False)
+    fused.model_.load_state_dict(est.model_.state_dict(), strict=False)
+    fused.meta, fused.step_ = est.meta, est.step_
+    fused.calibrate(healthy)
+    return fused
+
+
+def _per_volume(slices: SliceSet, maps: np.ndarray, fn) -> np.ndarray:
+    """``fn`` on each subject's maps stacked in slice order (N_s, S, S); 0 outside the brain."""
+    out = np.array(maps, copy=True)
+    for i in range(len(slices.subject_ids)):
+        rows = np.flatnonzero(slices.subject == i)
+        rows = rows[np.argsort(slices.slice_index[rows])]
+        out[rows] = fn(maps[rows])
+    return np.where(slices.masks, out, 0)
+
+
+def _eroded(masks: np.ndarray, pixels: int) -> np.ndarray:
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)  # in-plane only
+    return ndimage.binary_erosion(masks, structure, iterations=pixels)
+
+
+def _drop_small(volume: np.ndarray, threshold: float, voxels: int) -> np.ndarray:
+    labels, n = ndimage.label(volume >= threshold)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    small = np.isin(labels, np.flatnonzero(sizes < voxels) + 1)
+    return np.where(small, 0, volume)
+
+
+def _score(slices: SliceSet, maps: np.ndarray, kind: str = "top10") -> dict:
+    maps = np.asarray(maps, np.float32)
+    summary, _ = evaluate_maps(slices, maps, slice_scores(maps, slices.masks, kind))
+    return {k: summary[k] for k in KEYS}
+
+
+def _mean_std(rows: list[dict]) -> dict:
+    return {
+        k: {
+            "mean": float(np.mean([r[k] for r in rows])),
+            "std": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+        }
+        for k in KEYS
+    }
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"LGG {result['modality']}, selection patients, {result['seeds']} seeds at steps "
+        f"{result['steps']}:",
+        "",
+        "| map | pixel AP | Dice@5%FPR | best Dice | slice AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in result["levers"].items():
+        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in KEYS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

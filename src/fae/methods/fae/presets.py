@@ -1,0 +1,41 @@
+"""Named sets of FAE settings: ``paper`` (the publication) and ``best`` (what the measurements
+on the LGG selection patients chose, per modality; see the README, "Presets")."""
+
+from __future__ import annotations
+
+from fae.errors import FaeInputError
+
+PAPER = {
+    "backbone": "resnet18",
+    "layers": None,  # layer0, layer1, layer2
+    "weights": "imagenet",
+    "train_batchnorm": True,  # the authors' code leaves the extractor's BatchNorm training
+    "standardize_features": False,
+    "fusion": "none",
+    "hidden": [100, 150, 200, 300],
+    "dropout": 0.1,
+    "lr": 2e-4,
+    "batch_size": 32,
+    "steps": 10_000,
+    "slice_score": "top10",
+}
+# EfficientNet-Lite0 (ImageNet weights offline), frozen BatchNorm (features computed once),
+# standardised features; on FLAIR fused with the intensity evidence, on T1 not.
+_BEST = {
+    **PAPER,
+    "backbone": "efficientnet-lite0",
+    "train_batchnorm": False,
+    "standardize_features": True,
+}
+PRESETS: dict[str, dict[str, dict]] = {
+    "paper": {"*": PAPER},
+    "best": {"t1": _BEST, "flair": {**_BEST, "fusion": "intensity"}, "*": _BEST},
+}
+
+
+def preset(name: str, modality: str | None) -> dict:
+    """The settings of preset ``name`` for ``modality`` (its own entry, else the default)."""
+    if name not in PRESETS:
+        raise FaeInputError(None, f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    table = PRESETS[name]
+    return dict(table.get(modality or "*", table["*"]))
