@@ -54,7 +54,8 @@ def test_train_then_evaluate(tiny_data, tmp_path):
     assert resolved["config"]["steps"] == 3, "flags override the config file"
     assert resolved["config"]["hidden"] == [16, 32] and resolved["prep"]["size"] == 64
     meta = resolved["meta"]
-    assert set(meta["splits"]) == {"train", "val", "test"} and meta["modality"] == "t1"
+    assert set(meta["splits"]) == {"train", "val", "select", "test"} and meta["modality"] == "t1"
+    assert meta["splits"]["select"] == [], "no selection patients unless asked for"
     log = (run / "train_log.csv").read_text().splitlines()
     assert log[0] == "step,loss,val_loss,seconds" and len(log) == 4
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
