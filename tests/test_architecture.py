@@ -129,3 +129,42 @@ def test_every_method_keeps_config_module_and_estimator_in_its_folder():
 
 def _buildable(name: str) -> dict:
     return {"latent": 4} if name == "dfr" else {}
+
+
+def test_weighted_mean_leaves_out_every_cell_touched_by_a_zero_weight():
+    from fae.nn.module import weighted_mean
+
+    residual = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    weight = torch.ones(2, 1, 16, 16)
+    weight[0, 0, 5, 6] = 0  # one pixel: its whole 4×4 cell (1, 1) of the residual is out
+    keep = torch.ones(2, 1, 4, 4)
+    keep[0, 0, 1, 1] = 0
+    expected = (residual * keep).sum() / (keep.sum() * 3)
+    assert torch.allclose(weighted_mean(residual, weight), expected)
+    assert torch.equal(weighted_mean(residual), residual.mean())
+
+
+def test_masked_training_ignores_what_lies_under_the_grown_lesion(data, tmp_path):
+    from fae.data.discover import discover
+    from fae.data.slices import prepare_dataset
+    from fae.errors import FaeInputError
+    from fae.methods.base import loss_weights
+
+    dataset = discover(data)
+    ill = [s.id for s in dataset.subjects if s.id.startswith("anomalous")]
+    slices = prepare_dataset(dataset, "t1", PREP, tmp_path / "cache", ill, progress=False)
+    assert slices.segs.any()
+    params = {"steps": 3, "train_slices": "masked", "lesion_margin": 2}
+    weight = loss_weights(slices, MeanImage(prep=PREP, progress=False, **params).config)
+    assert weight.shape == (len(slices), 1, 64, 64)
+    assert not weight[torch.from_numpy(slices.segs)[:, None]].any(), "the lesion never counts"
+    assert weight.mean() < 1 - slices.segs.mean(), "and neither does its grown rim"
+    changed = slices.take(np.ones(len(slices), bool))
+    changed.images[weight[:, 0].numpy() == 0] = 1.0  # anything at all under the grown lesion
+    a = MeanImage(prep=PREP, progress=False, **params).fit(slices)
+    b = MeanImage(prep=PREP, progress=False, **params).fit(changed)
+    assert torch.equal(a.model_.mean, b.model_.mean)
+    plain = MeanImage(prep=PREP, progress=False, steps=3).fit(changed)
+    assert not torch.equal(plain.model_.mean, b.model_.mean), "unmasked, the lesion would count"
+    with pytest.raises(FaeInputError, match="masked"):
+        registry.method_class("fanogan")(prep=PREP, train_slices="masked")

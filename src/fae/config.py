@@ -21,6 +21,7 @@ from fae.runtime import PRECISIONS
 # slice score → the top fraction of a slice's brain pixels it averages (0: the maximum); the
 # score itself is fae.evaluation.slice_scores
 SLICE_SCORES = {"top10": 0.1, "max": 0.0}
+TRAIN_SLICES = ("lesion-free", "all", "masked")
 
 
 @dataclass
@@ -32,6 +33,9 @@ class TrainingConfig:
     precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`fae.runtime`): the arithmetic of
     training and of the run's maps; ``auto`` is bf16 where the method was validated in it and
     the hardware has it, else fp32.
+    train_slices: which slices of the training patients a run learns from: ``"lesion-free"``
+    (the paper), ``"all"``, or ``"masked"``: every slice, with the lesion grown by
+    ``lesion_margin`` pixels left out of the loss.
     """
 
     lr: float = 2e-4
@@ -43,6 +47,8 @@ class TrainingConfig:
     val_every: int = 250
     log_every: int = 25
     precision: str = "auto"
+    train_slices: str = "lesion-free"
+    lesion_margin: int = 5
 
     def __post_init__(self) -> None:
         for problem, failed in self.problems().items():
@@ -58,6 +64,8 @@ class TrainingConfig:
             f"slice_score must be one of {tuple(SLICE_SCORES)}": self.slice_score
             not in SLICE_SCORES,
             f"precision must be one of {PRECISIONS}": self.precision not in PRECISIONS,
+            f"train_slices must be one of {TRAIN_SLICES}": self.train_slices not in TRAIN_SLICES,
+            "lesion_margin must be at least 0": self.lesion_margin < 0,
             "checkpoint_every, val_every and log_every must be at least 1": min(
                 self.checkpoint_every, self.val_every, self.log_every
             )

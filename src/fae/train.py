@@ -120,9 +120,11 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    loss_weights: Tensor | None = None,
 ) -> TrainState:
     """Train ``model.trainable_parameters()`` for ``config.steps`` steps on (N, 1, H, W)
-    healthy slices; returns the final state.
+    healthy slices; returns the final state. ``loss_weights`` (N, 1, H, W): the pixels of each
+    slice that count in the loss (1), e.g. all but its lesion.
 
     ``resume`` is a saved :meth:`TrainState.state_dict` (the model weights already loaded):
     training continues from its step with the same batches and dropout masks as an uninterrupted
@@ -166,6 +168,7 @@ def train(
         on_checkpoint,
         on_log,
         progress,
+        loss_weights,
     )
     return state
 
@@ -208,6 +211,7 @@ def _loop(
     on_checkpoint: Callable[[TrainState], None] | None,
     on_log: Callable[[dict], None] | None,
     progress: bool,
+    loss_weights: Tensor | None = None,
 ) -> None:
     """The optimisation steps from ``state.step`` to ``config.steps``, with logs, validation
     and checkpoints."""
@@ -229,7 +233,8 @@ def _loop(
                     features = cached[idx.to(cached.device)].to(device)
                 else:
                     features = model.features(images[idx].to(device))
-                loss = model.training_step(features, state.optimizers, state.step)
+                weight = None if loss_weights is None else loss_weights[idx].to(device)
+                loss = model.training_step(features, state.optimizers, state.step, weight)
             state.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")

@@ -35,8 +35,9 @@ from fae.viz import save_slice_figure
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What defines a run: its data, modality (``None``: the only one), method and settings,
-    preprocessing, subject split, and the device it trains on."""
+    """What defines a run: its data, modality (``None``: the only one), method and settings
+    (which slices it trains on among them), preprocessing, subject split, and the device it
+    trains on."""
 
     data: Path
     modality: str | None = None
@@ -48,7 +49,6 @@ class RunSpec:
     val_fraction: float = 0.1
     split_seed: int = 0
     select_fraction: float = 0.0
-    lesion_free_only: bool = True
     device: str = "auto"
 
     @classmethod
@@ -69,7 +69,6 @@ class RunSpec:
             val_fraction=meta["split"]["val_fraction"],
             split_seed=meta["split"]["seed"],
             select_fraction=meta["split"]["select_fraction"],
-            lesion_free_only=meta["lesion_free_only"],
             device=device,
         )
 
@@ -123,7 +122,6 @@ def train_or_resume(
         "data": str(Path(spec.data).resolve()),
         "modality": modality,
         "channels": spec.channels,
-        "lesion_free_only": spec.lesion_free_only,
         "split": spec.split(),
         "splits": splits,
     }
@@ -154,8 +152,8 @@ def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
         raise differs(f"on {meta['modality']}, not {spec.modality}")
     if _plain(meta["channels"]) != _plain(spec.channels):
         raise differs(f"with channels {meta['channels']}, not {spec.channels}")
-    if meta["split"] != spec.split() or meta["lesion_free_only"] != spec.lesion_free_only:
-        raise differs("with another subject split or choice of training slices")
+    if meta["split"] != spec.split():
+        raise differs("with another subject split")
 
 
 def _plain(value: object) -> object:
@@ -166,9 +164,10 @@ def _plain(value: object) -> object:
 def _training_slices(
     dataset: Dataset, estimator: AnomalyMethod, cache_dir: Path | None, progress: bool
 ) -> tuple[SliceSet, SliceSet]:
-    """The run's training and validation slices, prepared in one read per scan; sets the
-    intensity reference (the training scans' raw intensity range, for prediction's warnings)
-    and the brain-mask sources in ``estimator.meta``."""
+    """The run's training slices (those its ``train_slices`` setting asks for) and healthy
+    validation slices, prepared in one read per scan; sets the intensity reference (the
+    training scans' raw intensity range, for prediction's warnings) and the brain-mask sources
+    in ``estimator.meta``."""
     meta = estimator.meta
     train, val = (
         prepare_dataset(
@@ -184,9 +183,9 @@ def _training_slices(
     )
     meta["intensity"] = intensity_reference(train.intensity)
     meta["brain_masks"] = dict(Counter(train.mask_methods + val.mask_methods))
-    if meta["lesion_free_only"]:
-        train, val = train.lesion_free(), val.lesion_free()
-    return train, val
+    if estimator.config.train_slices == "lesion-free":
+        train = train.lesion_free()
+    return train, val.lesion_free()  # validation: healthy slices, for its loss and thresholds
 
 
 def evaluate_run(

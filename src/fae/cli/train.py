@@ -73,8 +73,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     options.add_split(p)
     p.add_argument(
-        "--all-train-slices", action="store_true", help="also train on slices with lesions"
+        "--train-slices",
+        choices=["lesion-free", "all", "masked"],
+        help="slices of the training patients to learn from: lesion-free (the paper, default), "
+        "all, or masked (all, with each lesion grown by --lesion-margin pixels left out of "
+        "the loss)",
     )
+    p.add_argument("--lesion-margin", type=int, help="pixels (default: 5)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     options.add_prep_options(p)
     p.set_defaults(func=run)
@@ -105,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
             options.prep_config(args),
             options.channels(args),
             **options.split(args),
-            lesion_free_only=not args.all_train_slices,
             device=args.device,
         )
     try:
@@ -139,6 +143,8 @@ def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:
         "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,
         "fusion": args.fusion,
+        "train_slices": args.train_slices,
+        "lesion_margin": args.lesion_margin,
         "precision": args.precision,
     }
     params.update({k: v for k, v in flags.items() if v is not None})

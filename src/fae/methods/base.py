@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from fae.calibration import calibrate_thresholds
@@ -193,6 +194,7 @@ class AnomalyMethod:
                 record.log,
                 self.progress,
                 self.meta["precision"],
+                loss_weights(train_slices, self.config),
             )
             self.step_ = state.step
             self._train_state = state.state_dict()
@@ -394,6 +396,21 @@ class _RunRecord:
         """The trained, calibrated run (with its training state, so it can be extended)."""
         if self.run_dir is not None:
             self.est.save_run(self.run_dir)
+
+
+def loss_weights(slices: SliceSet | np.ndarray, config: TrainingConfig) -> torch.Tensor | None:
+    """(N, 1, S, S): 1 where a training pixel counts in the loss, 0 on each lesion grown by
+    ``lesion_margin`` pixels in its slice (``train_slices = "masked"``); else ``None``."""
+    if config.train_slices != "masked":
+        return None
+    if not isinstance(slices, SliceSet):
+        raise FaeInputError(None, 'train_slices "masked" needs slices with lesion masks')
+    grown = slices.segs.astype(bool)
+    if config.lesion_margin:
+        in_plane = np.zeros((3, 3, 3), bool)
+        in_plane[1] = ndimage.generate_binary_structure(2, 1)
+        grown = ndimage.binary_dilation(grown, in_plane, iterations=config.lesion_margin)
+    return torch.from_numpy((~grown).astype(np.float32))[:, None]
 
 
 def _images_and_masks(slices: SliceSet | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

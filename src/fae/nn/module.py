@@ -53,9 +53,10 @@ class MapModule(nn.Module):
         """(N, C, h, w) per-element dissimilarity of features and reconstruction (≥ 0)."""
         raise NotImplementedError
 
-    def loss(self, features: Tensor) -> Tensor:
-        """The training objective on one batch: the mean residual."""
-        return self.residual(features, self.reconstruct(features)).mean()
+    def loss(self, features: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The training objective on one batch: the mean residual (over the pixels where the
+        (N, 1, H, W) ``weight`` is 1, when given: see :func:`weighted_mean`)."""
+        return weighted_mean(self.residual(features, self.reconstruct(features)), weight)
 
     def anomaly_map(self, features: Tensor) -> Tensor:
         """(N, C, h, w) features → (N, 1, h, w) map: the residual's mean over channels."""
@@ -76,12 +77,29 @@ class MapModule(nn.Module):
         return [torch.optim.Adam(self.trainable_parameters(), lr=lr)]
 
     def training_step(
-        self, features: Tensor, optimizers: Sequence[torch.optim.Optimizer], step: int
+        self,
+        features: Tensor,
+        optimizers: Sequence[torch.optim.Optimizer],
+        step: int,
+        weight: Tensor | None = None,
     ) -> float:
-        """One optimisation step at ``step`` (0-based); returns the loss to log."""
+        """One optimisation step at ``step`` (0-based) on a batch (with the pixels of its
+        slices that count, ``weight``); returns the loss to log."""
         (optimizer,) = optimizers
-        loss = self.loss(features)
+        loss = self.loss(features, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.item()
+
+
+def weighted_mean(residual: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The mean of an (N, C, h, w) residual, or its mean over the pixels where the (N, 1, H, W)
+    ``weight`` is 1 (e.g. outside lesions); at a coarser h × w a cell counts only when every
+    pixel of it does."""
+    if weight is None:
+        return residual.mean()
+    if weight.shape[-2:] != residual.shape[-2:]:
+        weight = 1 - F.adaptive_max_pool2d(1 - weight, residual.shape[-2:])
+    weight = weight.to(residual.dtype)
+    return (residual * weight).sum() / (weight.sum() * residual.shape[1]).clamp_min(1)

@@ -24,4 +24,7 @@ class FAnoGANConfig(TrainingConfig):
             **super().problems(),
             "gan_steps must be at least 1 and below steps": not 0 < self.gan_steps < self.steps,
             "dim and latent must be at least 1": min(self.dim, self.latent) < 1,
+            "train_slices masked is not supported (the GAN cannot leave lesions out)": (
+                self.train_slices == "masked"
+            ),
         }

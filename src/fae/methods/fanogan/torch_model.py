@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fae.errors import FaeInputError
 from fae.methods.fanogan.config import FAnoGANConfig
-from fae.nn.module import MapModule
+from fae.nn.module import MapModule, weighted_mean
 from fae.nn.ssim import ssim_map
 
 _WIDTHS = (8, 8, 4, 4, 2, 1)  # × dim, from the S/32 bottom up to the full-size slice
@@ -100,7 +100,11 @@ class FAnoGANModule(MapModule):
         return self.critic_head(self.critic_features(x))
 
     def training_step(
-        self, features: Tensor, optimizers: Sequence[torch.optim.Optimizer], step: int
+        self,
+        features: Tensor,
+        optimizers: Sequence[torch.optim.Optimizer],
+        step: int,
+        weight: Tensor | None = None,
     ) -> float:
         g_opt, d_opt, e_opt = optimizers
         real = features * 2 - 1
@@ -119,7 +123,7 @@ class FAnoGANModule(MapModule):
         # phase 2: generator and critic frozen (no gradients, no BatchNorm statistics updates)
         self.generator.eval().requires_grad_(False)
         self.critic_features.requires_grad_(False)
-        loss = self.loss(features)
+        loss = self.loss(features, weight)
         e_opt.zero_grad(set_to_none=True)
         loss.backward()
         e_opt.step()
@@ -142,11 +146,11 @@ class FAnoGANModule(MapModule):
         """1 − SSIM of the slice and its reconstruction, per pixel (11×11 window)."""
         return 1 - ssim_map(reconstruction, features, self.config.ssim_window)
 
-    def loss(self, features: Tensor) -> Tensor:
+    def loss(self, features: Tensor, weight: Tensor | None = None) -> Tensor:
         """izi_f: the mean residual plus κ times the critic-feature residual."""
         x = features
         reconstruction = self.reconstruct(x)
-        image = self.residual(x, reconstruction).mean()
+        image = weighted_mean(self.residual(x, reconstruction), weight)
         critic = F.mse_loss(
             self.critic_features(reconstruction * 2 - 1), self.critic_features(x * 2 - 1)
         )

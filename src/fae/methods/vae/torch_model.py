@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from fae.methods.ae.torch_model import ImageAutoencoder
+from fae.nn.module import weighted_mean
 from fae.nn.ssim import blur_matrix
 
 
@@ -26,9 +27,9 @@ class VAEModule(ImageAutoencoder):
     def residual(self, features: Tensor, reconstruction: Tensor) -> Tensor:
         return (features - reconstruction) ** 2
 
-    def loss(self, features: Tensor) -> Tensor:
+    def loss(self, features: Tensor, weight: Tensor | None = None) -> Tensor:
         reconstruction, mu, logvar = self.reconstruct_with_latent(features)
-        error = self.residual(features, reconstruction).mean()
+        error = weighted_mean(self.residual(features, reconstruction), weight)
         return error + self.kl_weight * self.kl(mu, logvar).mean()
 
     def anomaly_map(self, features: Tensor) -> Tensor:
