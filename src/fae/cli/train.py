@@ -39,7 +39,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--backbone", choices=["resnet18", "efficientnet-lite0"])
+    p.add_argument(
+        "--backbone",
+        choices=["resnet18", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"],
+    )
     p.add_argument("--layers", help="comma-separated extractor layers (default: the paper's)")
     p.add_argument("--weights", type=Path, metavar="FILE", help="extractor weights (a state dict)")
     p.add_argument(

