@@ -174,3 +174,18 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     )
     assert main([*base, "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert main([*base, "--method", "dfr", "--preset", "best", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_fine_tuning_from_the_command_line_records_where_it_started(tiny_data, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text("hidden = [16, 32]\nbatch_size = 8\n")
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    common = ["--data", str(tiny_data), "--size", "64", "--cache-dir", str(tmp_path / "cache")]
+    args = ["train", *common, "--config", str(config), "--backbone", "efficientnet-lite0"]
+    assert main([*args, "--batchnorm", "frozen", "--steps", "3", "--out", str(source)]) == 0
+    assert main(["train", *common, "--init", str(source), "--steps", "2", "--out", str(tuned)]) == 0
+    saved = json.loads((tuned / "config.json").read_text())
+    assert saved["meta"]["init"] == str(source.resolve())
+    assert saved["config"]["hidden"] == [16, 32] and saved["config"]["steps"] == 2
+    assert saved["meta"]["split"]["test_fraction"] == 0.0, "every site scan trains or calibrates"
+    assert saved["prep"]["size"] == 64

@@ -213,3 +213,25 @@ def test_fusion_with_intensity_is_fitted_on_healthy_slices_and_round_trips(healt
     assert est.predict(brighter, brain)[brain].mean() > fused[brain].mean()
     loaded = FAE.load(tmp_path / "run", progress=False)
     np.testing.assert_allclose(loaded.predict(images, brain), fused, atol=1e-5)
+
+
+def test_fine_tuning_starts_from_a_trained_run_and_keeps_its_statistics(healthy):
+    params = {**TINY, "standardize_features": True}
+    source = FAE(prep=PREP, progress=False, **{**params, "steps": 6}).fit(healthy)
+    site = healthy.take(np.arange(len(healthy)) % 2 == 0)  # stands in for another site
+    other_seed = {**params, "steps": 2, "seed": 5}  # a fresh model would start elsewhere
+    tuned = FAE(prep=PREP, progress=False, **other_seed).fit(site, init=source)
+    scratch = FAE(prep=PREP, progress=False, **other_seed).fit(site)
+    assert torch.equal(tuned.model_.feature_mean, source.model_.feature_mean)
+    assert not torch.equal(scratch.model_.feature_mean, source.model_.feature_mean)
+
+    def distance(a, b):
+        ours, theirs = a.model_.autoencoder.parameters(), b.model_.autoencoder.parameters()
+        pairs = zip(ours, theirs, strict=True)
+        return sum(float((x - y).detach().abs().sum()) for x, y in pairs)
+
+    numel = sum(p.numel() for p in source.model_.autoencoder.parameters())
+    adam_reach = 2 * 1.5 * source.config.lr * numel  # two Adam steps move a weight ~lr each
+    assert distance(tuned, source) < adam_reach < distance(scratch, source) / 10
+    with pytest.raises(FaeInputError, match="another architecture"):
+        FAE(prep=PREP, progress=False, **{**params, "hidden": [16, 32]}).fit(site, init=source)

@@ -121,10 +121,12 @@ def train(
     progress: bool = True,
     precision: str = "fp32",
     loss_weights: Tensor | None = None,
+    fit_features: bool = True,
 ) -> TrainState:
     """Train ``model.trainable_parameters()`` for ``config.steps`` steps on (N, 1, H, W)
     healthy slices; returns the final state. ``loss_weights`` (N, 1, H, W): the pixels of each
-    slice that count in the loss (1), e.g. all but its lesion.
+    slice that count in the loss (1), e.g. all but its lesion. ``fit_features=False`` keeps the
+    module's feature statistics on a fresh start (fine-tuning a trained module).
 
     ``resume`` is a saved :meth:`TrainState.state_dict` (the model weights already loaded):
     training continues from its step with the same batches and dropout masks as an uninterrupted
@@ -145,7 +147,8 @@ def train(
         if state.step >= config.steps:  # a finished run: nothing to compute
             _restore_rng(resume)  # so that its state, saved again, is the same
             return state
-    cached = _training_features(model, train_images, device, resume is None, progress, precision)
+    fresh = resume is None and fit_features
+    cached = _training_features(model, train_images, device, fresh, progress, precision)
     val_features = None
     if val_images is not None and len(val_images):
         val_features = compute_features(

@@ -36,8 +36,8 @@ from fae.viz import save_slice_figure
 @dataclass(frozen=True)
 class RunSpec:
     """What defines a run: its data, modality (``None``: the only one), method and settings
-    (which slices it trains on among them), preprocessing, subject split, and the device it
-    trains on."""
+    (which slices it trains on among them), preprocessing, subject split, the run whose weights
+    it starts from (``init``: fine-tuning; ``None``: from scratch) and the device it trains on."""
 
     data: Path
     modality: str | None = None
@@ -49,6 +49,7 @@ class RunSpec:
     val_fraction: float = 0.1
     split_seed: int = 0
     select_fraction: float = 0.0
+    init: Path | None = None
     device: str = "auto"
 
     @classmethod
@@ -69,6 +70,7 @@ class RunSpec:
             val_fraction=meta["split"]["val_fraction"],
             split_seed=meta["split"]["seed"],
             select_fraction=meta["split"]["select_fraction"],
+            init=Path(meta["init"]) if meta.get("init") else None,
             device=device,
         )
 
@@ -124,9 +126,11 @@ def train_or_resume(
         "channels": spec.channels,
         "split": spec.split(),
         "splits": splits,
+        "init": str(Path(spec.init).resolve()) if spec.init else None,
     }
     train, val = _training_slices(dataset, est, cache_dir, progress)
-    return est.fit(train, val, run_dir=out)
+    init = load_method(spec.init, spec.device, progress=False) if spec.init else None
+    return est.fit(train, val, run_dir=out, init=init)
 
 
 def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
@@ -154,6 +158,9 @@ def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
         raise differs(f"with channels {meta['channels']}, not {spec.channels}")
     if meta["split"] != spec.split():
         raise differs("with another subject split")
+    init = str(Path(spec.init).resolve()) if spec.init else None
+    if meta.get("init") != init:
+        raise differs(f"started from {meta.get('init') or 'scratch'}, not {init or 'scratch'}")
 
 
 def _plain(value: object) -> object:

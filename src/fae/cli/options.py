@@ -50,8 +50,8 @@ def add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-fraction",
         type=float,
-        default=0.5,
-        help="share of subjects held out for testing (without a datalist split)",
+        help="share of subjects held out for testing, without a datalist split (default: 0.5; "
+        "0 when fine-tuning with --init)",
     )
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument(
@@ -126,10 +126,11 @@ def channels(args: argparse.Namespace) -> list[str] | None:
     return [c.strip() for c in args.channels.split(",")] if args.channels else None
 
 
-def split(args: argparse.Namespace) -> dict:
-    """The subject-split fields of :class:`fae.workflow.RunSpec`."""
+def split(args: argparse.Namespace, test_fraction: float = 0.5) -> dict:
+    """The subject-split fields of :class:`fae.workflow.RunSpec` (``test_fraction``: the
+    default when the flag is not given)."""
     return {
-        "test_fraction": args.test_fraction,
+        "test_fraction": test_fraction if args.test_fraction is None else args.test_fraction,
         "val_fraction": args.val_fraction,
         "split_seed": args.split_seed,
         "select_fraction": args.select_fraction,

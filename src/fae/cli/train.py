@@ -24,6 +24,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted run, or with --steps N train a finished one longer",
     )
     p.add_argument(
+        "--init",
+        type=Path,
+        metavar="RUN",
+        help="fine-tune: start from this run's weights and settings (flags override them) on "
+        "--data, e.g. a new site's healthy scans, with every subject for training and "
+        "calibration unless --test-fraction is given",
+    )
+    p.add_argument(
         "--method",
         default=PROPOSED,
         choices=list(METHODS),
@@ -98,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
             spec = replace(spec, params={**spec.params, "steps": args.steps})
     elif args.data is None or args.out is None:
         raise FaeInputError(None, "fae train needs --data and --out (or --resume RUN)")
+    elif args.init is not None:
+        folder = args.out
+        spec = _fine_tuning(args)
     else:
         folder = args.out
         modality = args.modality
@@ -122,6 +133,32 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(f"run {folder}: trained {estimator.step_} steps; checkpoint {folder / 'checkpoint.pt'}")
     return 0
+
+
+def _fine_tuning(args: argparse.Namespace):
+    """The spec of a run that starts from ``--init``'s weights: its method, settings and
+    preprocessing, with the flags given on top, on ``--data``."""
+    from fae.data.discover import discover
+    from fae.methods.base import load_method
+    from fae.workflow import RunSpec
+
+    if args.preset is not None:
+        raise FaeInputError(None, "--preset and --init exclude each other")
+    source = load_method(args.init, progress=False)
+    channels = options.channels(args) or source.meta.get("channels")
+    wanted = args.modality or source.meta.get("modality")
+    modality = discover(args.data, channels).pick_modality(wanted, strict=bool(args.modality))
+    return RunSpec(
+        args.data,
+        modality,
+        source.name,
+        {**source.config.to_dict(), **model_params(args, modality)},
+        source.prep,
+        channels,
+        **options.split(args, test_fraction=0.0),
+        init=args.init,
+        device=args.device,
+    )
 
 
 def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:

@@ -115,20 +115,35 @@ class AnomalyMethod:
         train_slices: SliceSet | np.ndarray,
         val_slices: SliceSet | np.ndarray | None = None,
         run_dir: Path | None = None,
+        init: AnomalyMethod | None = None,
     ):
         """Train on healthy slices ((N, S, S) images or a :class:`SliceSet`); returns ``self``.
 
         With ``run_dir`` it writes ``config.json``, ``train_log.csv`` and ``checkpoint.pt``
         (every ``checkpoint_every`` steps and at the end); :meth:`resume` continues such a run.
         The healthy ``val_slices`` (else the training slices) calibrate the thresholds.
+        ``init``: a trained method of the same architecture whose weights (and fitted feature
+        statistics) training starts from, with fresh optimisers: fine-tuning, e.g. on a new
+        site's healthy scans.
         """
+        if init is not None and not self.learns:
+            raise FaeInputError(
+                None, f"{self.name!r} learns nothing: there is no training to start"
+            )
         self.configure_from_data(train_slices)
         torch.manual_seed(self.config.seed)  # the initial weights depend on the seed only
-        self.model_ = self.build()
+        self.model_ = self.build(load_weights=init is None)
+        if init is not None:
+            try:
+                self.model_.load_state_dict(init.model_.state_dict())
+            except RuntimeError as err:
+                raise FaeInputError(
+                    None, f"the run to start from has another architecture ({_brief(err)})"
+                ) from None
         self.meta["precision"] = resolve_precision(
             self.config.precision, resolve_device(self.device), self.bf16_validated
         )
-        return self._train(train_slices, val_slices, run_dir, resume=None)
+        return self._train(train_slices, val_slices, run_dir, None, fit_features=init is None)
 
     @classmethod
     def resume(
@@ -176,7 +191,14 @@ class AnomalyMethod:
         trained = not self.learns or getattr(self, "step_", 0) >= self.config.steps
         return trained and hasattr(self, "calibration_")
 
-    def _train(self, train_slices, val_slices, run_dir: Path | None, resume: dict | None):
+    def _train(
+        self,
+        train_slices,
+        val_slices,
+        run_dir: Path | None,
+        resume: dict | None,
+        fit_features: bool = True,
+    ):
         images = as_slice_tensor(train_slices)
         if len(images) == 0:
             raise FaeInputError(None, "no training slices")
@@ -195,6 +217,7 @@ class AnomalyMethod:
                 self.progress,
                 self.meta["precision"],
                 loss_weights(train_slices, self.config),
+                fit_features,
             )
             self.step_ = state.step
             self._train_state = state.state_dict()
@@ -396,6 +419,10 @@ class _RunRecord:
         """The trained, calibrated run (with its training state, so it can be extended)."""
         if self.run_dir is not None:
             self.est.save_run(self.run_dir)
+
+
+def _brief(error: Exception) -> str:
+    return " ".join(str(error).split())[:160]
 
 
 def loss_weights(slices: SliceSet | np.ndarray, config: TrainingConfig) -> torch.Tensor | None:
