@@ -59,7 +59,8 @@ def main() -> None:
         for name, maps in _levers(est, select, val.lesion_free()).items():
             scores.setdefault(name, []).append(_score(select, maps, est.config.slice_score))
         maps_by_seed.append(est.predict(select))
-    ensemble = [_score(select, np.mean(maps_by_seed, axis=0), "top10")] if runs else []
+    kind = est.config.slice_score if runs else "top10"
+    ensemble = [_score(select, np.mean(maps_by_seed, axis=0), kind)] if runs else []
     table = {name: _mean_std(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
     table["threshold"] = _mean_std([_score(select, np.where(select.masks, select.images, 0))])
     result = {"modality": args.modality, "seeds": len(runs), "steps": steps, "levers": table}

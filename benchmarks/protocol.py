@@ -112,6 +112,8 @@ def _record(
         with path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
     row = {"method": method, "seed": seed, "steps": steps, "subjects": subjects}
+    key = tuple(str(row[k]) for k in ("method", "seed", "steps", "subjects"))
+    rows = [r for r in rows if tuple(r[k] for k in ("method", "seed", "steps", "subjects")) != key]
     row["val_loss"] = _val_loss(run, steps)
     row.update({k: f"{summary[k]:.6f}" for k in METRICS})
     rows.append(row)

@@ -158,7 +158,7 @@ def test_masked_training_ignores_what_lies_under_the_grown_lesion(data, tmp_path
     weight = loss_weights(slices, MeanImage(prep=PREP, progress=False, **params).config)
     assert weight.shape == (len(slices), 1, 64, 64)
     assert not weight[torch.from_numpy(slices.segs)[:, None]].any(), "the lesion never counts"
-    assert weight.mean() < 1 - slices.segs.mean(), "and neither does its grown rim"
+    assert weight.float().mean() < 1 - slices.segs.mean(), "and neither does its grown rim"
     changed = slices.take(np.ones(len(slices), bool))
     changed.images[weight[:, 0].numpy() == 0] = 1.0  # anything at all under the grown lesion
     a = MeanImage(prep=PREP, progress=False, **params).fit(slices)

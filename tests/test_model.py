@@ -193,6 +193,13 @@ def test_tail_surprisal_reads_the_healthy_quantiles_and_keeps_growing():
     assert float(tail(torch.tensor([10.0]))) > float(tail(values.max()[None])) + 5, (
         "beyond the healthy maximum the surprisal goes on rising (no ties among bright lesions)"
     )
+    tied = torch.cat(
+        [torch.rand(100_000, generator=torch.Generator().manual_seed(1)), torch.ones(500)]
+    )
+    tail.fit(tied)  # the top 0.5 % all at 1.0, as with saturated intensities
+    assert float(tail(torch.tensor([1.01]))) < 20, "tied top knots do not make the tail explode"
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TailSurprisal()(torch.zeros(3))
 
 
 def test_fusion_with_intensity_is_fitted_on_healthy_slices_and_round_trips(healthy, tmp_path):

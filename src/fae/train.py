@@ -236,7 +236,7 @@ def _loop(
                     features = cached[idx.to(cached.device)].to(device)
                 else:
                     features = model.features(images[idx].to(device))
-                weight = None if loss_weights is None else loss_weights[idx].to(device)
+                weight = None if loss_weights is None else loss_weights[idx].to(device).float()
                 loss = model.training_step(features, state.optimizers, state.step, weight)
             state.step += 1
             bar.update(1)

@@ -69,7 +69,7 @@ class RunSpec:
             test_fraction=meta["split"]["test_fraction"],
             val_fraction=meta["split"]["val_fraction"],
             split_seed=meta["split"]["seed"],
-            select_fraction=meta["split"]["select_fraction"],
+            select_fraction=meta["split"].get("select_fraction", 0.0),
             init=Path(meta["init"]) if meta.get("init") else None,
             device=device,
         )
@@ -111,7 +111,8 @@ def train_or_resume(
     est = method_class(spec.method)(
         prep=spec.prep, device=spec.device, progress=progress, **spec.params
     )
-    est.preflight()  # fail fast (e.g. missing ImageNet weights) before preparing data
+    if spec.init is None:  # fail fast (e.g. missing ImageNet weights) before preparing data
+        est.preflight()
     say(f"training {spec.method} into {out}")
     dataset = discover(spec.data, spec.channels)
     modality = dataset.pick_modality(spec.modality)
@@ -156,7 +157,7 @@ def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
         raise differs(f"on {meta['modality']}, not {spec.modality}")
     if _plain(meta["channels"]) != _plain(spec.channels):
         raise differs(f"with channels {meta['channels']}, not {spec.channels}")
-    if meta["split"] != spec.split():
+    if {"select_fraction": 0.0, **meta["split"]} != spec.split():
         raise differs("with another subject split")
     init = str(Path(spec.init).resolve()) if spec.init else None
     if meta.get("init") != init:

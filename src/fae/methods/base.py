@@ -134,12 +134,19 @@ class AnomalyMethod:
         torch.manual_seed(self.config.seed)  # the initial weights depend on the seed only
         self.model_ = self.build(load_weights=init is None)
         if init is not None:
-            try:
-                self.model_.load_state_dict(init.model_.state_dict())
+            try:  # fitted map statistics (the fusion's) are refitted at calibration anyway
+                missing, unexpected = self.model_.load_state_dict(
+                    init.model_.state_dict(), strict=False
+                )
             except RuntimeError as err:
                 raise FaeInputError(
                     None, f"the run to start from has another architecture ({_brief(err)})"
                 ) from None
+            other = [k for k in missing + unexpected if "_tail." not in k]
+            if other:
+                raise FaeInputError(
+                    None, f"the run to start from has another architecture ({other[0]}...)"
+                )
         self.meta["precision"] = resolve_precision(
             self.config.precision, resolve_device(self.device), self.bf16_validated
         )
@@ -426,8 +433,8 @@ def _brief(error: Exception) -> str:
 
 
 def loss_weights(slices: SliceSet | np.ndarray, config: TrainingConfig) -> torch.Tensor | None:
-    """(N, 1, S, S): 1 where a training pixel counts in the loss, 0 on each lesion grown by
-    ``lesion_margin`` pixels in its slice (``train_slices = "masked"``); else ``None``."""
+    """(N, 1, S, S) bool: True where a training pixel counts in the loss, False on each lesion
+    grown by ``lesion_margin`` pixels in its slice (``train_slices = "masked"``); else ``None``."""
     if config.train_slices != "masked":
         return None
     if not isinstance(slices, SliceSet):
@@ -437,7 +444,7 @@ def loss_weights(slices: SliceSet | np.ndarray, config: TrainingConfig) -> torch
         in_plane = np.zeros((3, 3, 3), bool)
         in_plane[1] = ndimage.generate_binary_structure(2, 1)
         grown = ndimage.binary_dilation(grown, in_plane, iterations=config.lesion_margin)
-    return torch.from_numpy((~grown).astype(np.float32))[:, None]
+    return torch.from_numpy(~grown)[:, None]  # bool: a quarter of the memory of float32
 
 
 def _images_and_masks(slices: SliceSet | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

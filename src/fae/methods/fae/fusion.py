@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 # upper-tail levels of the healthy distribution whose values are kept (the median and up)
 LEVELS = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
+_P99 = LEVELS.index(0.99)
 
 
 class TailSurprisal(nn.Module):
@@ -31,8 +32,11 @@ class TailSurprisal(nn.Module):
         """Set the knots to the ``LEVELS`` quantiles of healthy ``values`` (1-D), made strictly
         increasing so that every segment has a finite slope."""
         v = values.double().flatten()
+        v = v[torch.isfinite(v)]
+        if v.numel() < 2:
+            raise ValueError("the fusion needs healthy brain pixels to fit on")
         if v.numel() > 2**24:  # torch.quantile's limit; an even subsample keeps the quantiles
-            v = v[torch.linspace(0, v.numel() - 1, 2**24).long()]
+            v = v[torch.arange(2**24, dtype=torch.int64) * (v.numel() - 1) // (2**24 - 1)]
         q = torch.quantile(v, torch.tensor(LEVELS, dtype=torch.float64))
         spread = float(q[-1] - q[0]) or 1.0
         q = torch.maximum(q, torch.cummax(q, 0).values)
@@ -41,7 +45,12 @@ class TailSurprisal(nn.Module):
 
     def forward(self, v: Tensor) -> Tensor:
         q, s = self.knots.to(v.dtype), self.surprisal.to(v.dtype)
+        if not bool(q[-1] > q[0]):
+            raise RuntimeError("the fusion's healthy distributions are not fitted: calibrate first")
         i = torch.searchsorted(q, v.contiguous()).clamp(1, len(q) - 1)
         q0, q1, s0, s1 = q[i - 1], q[i], s[i - 1], s[i]
-        out = s0 + (v.clamp_min(q[0]) - q0) * (s1 - s0) / (q1 - q0)
-        return out.clamp_min(s[0])
+        inside = s0 + (v.clamp_min(q[0]) - q0) * (s1 - s0) / (q1 - q0)
+        # beyond the highest knot: the slope from the 99th percentile up, robust to tied knots
+        tail = (s[-1] - s[_P99]) / (q[-1] - q[_P99])
+        beyond = s[-1] + (v - q[-1]) * tail
+        return torch.where(v > q[-1], beyond, inside).clamp_min(s[0])
