@@ -66,10 +66,10 @@ class RunSpec:
             params=est.config.to_dict(),
             prep=est.prep,
             channels=meta["channels"],
-            test_fraction=meta["split"]["test_fraction"],
-            val_fraction=meta["split"]["val_fraction"],
-            split_seed=meta["split"]["seed"],
-            select_fraction=meta["split"].get("select_fraction", 0.0),
+            test_fraction=_saved_split(meta)["test_fraction"],
+            val_fraction=_saved_split(meta)["val_fraction"],
+            split_seed=_saved_split(meta)["seed"],
+            select_fraction=_saved_split(meta)["select_fraction"],
             init=Path(meta["init"]) if meta.get("init") else None,
             device=device,
         )
@@ -157,11 +157,16 @@ def _check_same_run(est: AnomalyMethod, spec: RunSpec, out: Path) -> None:
         raise differs(f"on {meta['modality']}, not {spec.modality}")
     if _plain(meta["channels"]) != _plain(spec.channels):
         raise differs(f"with channels {meta['channels']}, not {spec.channels}")
-    if {"select_fraction": 0.0, **meta["split"]} != spec.split():
+    if _saved_split(meta) != spec.split():
         raise differs("with another subject split")
     init = str(Path(spec.init).resolve()) if spec.init else None
     if meta.get("init") != init:
         raise differs(f"started from {meta.get('init') or 'scratch'}, not {init or 'scratch'}")
+
+
+def _saved_split(meta: dict) -> dict:
+    """A run's split settings (runs from before selection patients existed had none)."""
+    return {"select_fraction": 0.0, **meta["split"]}
 
 
 def _plain(value: object) -> object:

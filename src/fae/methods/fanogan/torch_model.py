@@ -123,11 +123,7 @@ class FAnoGANModule(MapModule):
         # phase 2: generator and critic frozen (no gradients, no BatchNorm statistics updates)
         self.generator.eval().requires_grad_(False)
         self.critic_features.requires_grad_(False)
-        loss = self.loss(features, weight)
-        e_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        e_opt.step()
-        return loss.item()
+        return super().training_step(features, [e_opt], step, weight)
 
     def _noise(self, n: int, like: Tensor) -> Tensor:
         return torch.randn(n, self.config.latent, device=like.device, dtype=like.dtype)
