@@ -6,6 +6,8 @@ patients (never the report patients) and scored; mean ± std over the seeds:
 
 - ``fusion``: the intensity evidence fused in (``fusion = "intensity"``, fitted on the run's
   healthy validation slices);
+- ``product``: the untuned product of FAE's map and the slice's intensity (nothing fitted; the
+  first fusion tried in issue 13);
 - ``flip``: test-time augmentation, the mean of the map and the mirrored map of the mirrored
   slice;
 - ``median3``: a median over each slice and its two neighbours in the volume;
@@ -42,9 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modality", choices=["t1", "flair"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
+    parser.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: every run)")
     args = parser.parse_args()
     folder = args.out / f"lgg-{args.modality}"
-    runs = sorted((folder / "runs" / "fae").glob("seed*"))
+    runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
+    runs = runs[: args.seeds] if args.seeds else runs
     cache = default_cache_dir()
     scores: dict[str, list[dict]] = {}
     maps_by_seed, steps = [], []
@@ -77,6 +81,7 @@ def _levers(est, select: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:
     levers = {
         "base": base,
         "fusion": _fused(est, healthy).predict(select),
+        "product": np.where(select.masks, base * select.images, 0),
         "flip": np.where(select.masks, (base + flipped[:, :, ::-1]) / 2, 0),
         "median3": _per_volume(select, base, lambda v: ndimage.median_filter(v, size=(3, 1, 1))),
         "erode2": np.where(_eroded(select.masks, 2), base, 0),

@@ -21,3 +21,14 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
         assert (tmp_path / name).exists(), name
     again = run_demo(tmp_path, n_subjects=5, steps=2)  # finished run: nothing is retrained
     assert again["fae"]["all"] == results["fae"]["all"]
+
+
+def test_demo_standardises_features_unless_told_not_to():
+    """The demo's default (1,000 steps, standardised features) and the switch to turn it off."""
+    from fae.cli import parser
+    from fae.demo import DEMO_STEPS
+
+    assert DEMO_STEPS == 1000
+    assert parser().parse_args(["demo"]).standardize_features is True
+    off = parser().parse_args(["demo", "--no-standardize-features"])
+    assert off.standardize_features is False

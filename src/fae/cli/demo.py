@@ -12,8 +12,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--subjects", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="training steps (default: 150)")
-    p.add_argument("--standardize-features", action="store_true", help="see fae train")
+    p.add_argument("--steps", type=int, help="training steps (default: 1000)")
+    p.add_argument(
+        "--standardize-features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="z-score feature channels (default: on; see fae train)",
+    )
     p.set_defaults(func=demo)
 
 
