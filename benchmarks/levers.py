@@ -2,10 +2,12 @@
 
 For the FAE runs of ``benchmarks/protocol.py`` (``OUT/lgg-<modality>/runs/fae/seed*``, at
 whatever step they hold), each lever is applied on its own to the run's maps of its selection
-patients (never the report patients) and scored; mean ± std over the seeds:
+patients and scored; mean ± std over the seeds. Levers are chosen there; ``--subjects test``
+then scores the same levers on the report patients, to report what was chosen:
 
 - ``fusion``: the intensity evidence fused in (``fusion = "intensity"``, fitted on the run's
-  healthy validation slices);
+  healthy validation slices): intensity surprisal × P_healthy(structure < u);
+- ``fusion-sum``: the first fusion, the sum of both healthy surprisals (dropped);
 - ``product``: the untuned product of FAE's map and the slice's intensity (nothing fitted; the
   first fusion tried in issue 13);
 - ``flip``: test-time augmentation, the mean of the map and the mirrored map of the mirrored
@@ -27,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from fae.data.cache import default_cache_dir
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--modality", choices=["t1", "flair"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
     parser.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: every run)")
+    parser.add_argument("--subjects", choices=["select", "test"], default="select")
     args = parser.parse_args()
     folder = args.out / f"lgg-{args.modality}"
     runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
@@ -56,39 +60,60 @@ def main() -> None:
         est = load_method(run, progress=False)
         steps.append(est.step_)
         dataset = discover(est.meta["data"])
-        select = prepare_dataset(
-            dataset, args.modality, est.prep, cache, est.meta["splits"]["select"], False
+        patients = prepare_dataset(
+            dataset, args.modality, est.prep, cache, est.meta["splits"][args.subjects], False
         )
         val = prepare_dataset(dataset, args.modality, est.prep, cache, est.meta["splits"]["val"])
-        for name, maps in _levers(est, select, val.lesion_free()).items():
-            scores.setdefault(name, []).append(_score(select, maps, est.config.slice_score))
-        maps_by_seed.append(est.predict(select))
+        for name, maps in _levers(est, patients, val.lesion_free()).items():
+            scores.setdefault(name, []).append(_score(patients, maps, est.config.slice_score))
+        maps_by_seed.append(est.predict(patients))
     kind = est.config.slice_score if runs else "top10"
-    ensemble = [_score(select, np.mean(maps_by_seed, axis=0), kind)] if runs else []
+    ensemble = [_score(patients, np.mean(maps_by_seed, axis=0), kind)] if runs else []
     table = {name: _mean_std(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
-    table["threshold"] = _mean_std([_score(select, np.where(select.masks, select.images, 0))])
-    result = {"modality": args.modality, "seeds": len(runs), "steps": steps, "levers": table}
-    with atomic_path(folder / "levers.json") as tmp:
+    table["threshold"] = _mean_std([_score(patients, np.where(patients.masks, patients.images, 0))])
+    result = {
+        "modality": args.modality,
+        "subjects": args.subjects,
+        "seeds": len(runs),
+        "steps": steps,
+        "levers": table,
+    }
+    name = "levers" if args.subjects == "select" else f"levers-{args.subjects}"
+    with atomic_path(folder / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    with atomic_path(folder / "levers.md") as tmp:
+    with atomic_path(folder / f"{name}.md") as tmp:
         tmp.write_text(_markdown(result))
     print(_markdown(result))
 
 
-def _levers(est, select: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:
-    base = est.predict(select)
-    flipped = est.predict(select.images[:, :, ::-1].copy(), select.masks[:, :, ::-1].copy())
+def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:
+    base = est.predict(patients)
+    flipped = est.predict(patients.images[:, :, ::-1].copy(), patients.masks[:, :, ::-1].copy())
     levers = {
         "base": base,
-        "fusion": _fused(est, healthy).predict(select),
-        "product": np.where(select.masks, base * select.images, 0),
-        "flip": np.where(select.masks, (base + flipped[:, :, ::-1]) / 2, 0),
-        "median3": _per_volume(select, base, lambda v: ndimage.median_filter(v, size=(3, 1, 1))),
-        "erode2": np.where(_eroded(select.masks, 2), base, 0),
+        **_fusions(est, healthy, patients),
+        "product": np.where(patients.masks, base * patients.images, 0),
+        "flip": np.where(patients.masks, (base + flipped[:, :, ::-1]) / 2, 0),
+        "median3": _per_volume(patients, base, lambda v: ndimage.median_filter(v, size=(3, 1, 1))),
+        "erode2": np.where(_eroded(patients.masks, 2), base, 0),
     }
     threshold = float(est.calibration_["pixel"]["0.05"])
-    levers["components"] = _per_volume(select, base, lambda v: _drop_small(v, threshold, 20))
+    levers["components"] = _per_volume(patients, base, lambda v: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
+
+
+def _fusions(est, healthy: SliceSet, patients: SliceSet) -> dict[str, np.ndarray]:
+    """The kept fusion (the model's own) and the dropped sum of both surprisals."""
+    fused = _fused(est, healthy)
+    model = fused.model_
+    structure = fused.maps(patients.images, patients.masks, model.structure)
+    surprisals = model.structure_tail(torch.from_numpy(structure)) + model.intensity_tail(
+        torch.from_numpy(np.asarray(patients.images, np.float32))
+    )
+    return {
+        "fusion": fused.predict(patients),
+        "fusion-sum": np.where(patients.masks, surprisals.numpy(), 0),
+    }
 
 
 def _fused(est, healthy: SliceSet):
@@ -143,8 +168,8 @@ def _mean_std(rows: list[dict]) -> dict:
 
 def _markdown(result: dict) -> str:
     lines = [
-        f"LGG {result['modality']}, selection patients, {result['seeds']} seeds at steps "
-        f"{result['steps']}:",
+        f"LGG {result['modality']}, {result['subjects']} patients, {result['seeds']} seeds at "
+        f"steps {result['steps']}:",
         "",
         "| map | pixel AP | Dice@5%FPR | best Dice | slice AUROC |",
         "|---|---|---|---|---|",

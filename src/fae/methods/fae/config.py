@@ -22,8 +22,9 @@ class FAEConfig(TrainingConfig):
     set's statistics before the autoencoder. SSIM's constants assume values of order 1, while
     raw CNN channels differ in scale by orders of magnitude; standardised, the autoencoder
     learns much faster (see the README).
-    fusion: not in the paper: ``"intensity"`` adds the slice's own intensity evidence to the
-    map, each as its surprisal on the healthy calibration slices (:mod:`.fusion`).
+    fusion: not in the paper: ``"intensity"`` maps the slice's own intensity evidence (its
+    surprisal on the healthy calibration slices) weighted by how unusual FAE's structural map is
+    there on healthy tissue (:mod:`.fusion`).
     """
 
     backbone: str = "resnet18"

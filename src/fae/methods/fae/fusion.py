@@ -1,11 +1,15 @@
 """Fusing FAE's structural evidence with the intensity evidence thresholding uses.
 
-Each evidence becomes its *surprisal* on healthy tissue: s(v) = −log P_healthy(value ≥ v), read
-off quantiles of healthy brain pixels (the calibration slices: no lesion label is used) with
-log-linear interpolation between them and the last segment's slope beyond the highest one, so
-that the scale stays unbounded and monotone. The fused map is the sum of the surprisals — the
-negative log of the product of both tail probabilities, Fisher's way of combining independent
-evidence — with no weight to tune.
+Each evidence is read against healthy tissue, s(v) = −log P_healthy(value ≥ v) (its
+*surprisal*), off quantiles of healthy brain pixels (the calibration slices: no lesion label is
+used) with log-linear interpolation between them and the last segment's slope beyond the
+highest one, so that the scale stays unbounded and monotone. The fused map is the intensity's
+surprisal weighted by how unusual the structure is, P_healthy(structure < u) = 1 − e^(−s): a
+soft AND in which a bright pixel counts fully only where FAE also finds the structure unusual
+(the weight runs from 0.5 at the healthy median to 1). Nothing is fitted on lesions and there is
+no weight to tune. The plain sum of both surprisals (Fisher's combination) was tried first and
+dropped: the structural surprisal's noise diluted the intensity evidence (README, "Quality on
+real scans").
 """
 
 from __future__ import annotations

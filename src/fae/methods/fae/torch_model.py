@@ -144,9 +144,11 @@ class StructuralFAE(MapModule):
         return super().forward(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 1, H, W) slices → (N, 1, H, W) maps: the structural map, or with ``fusion`` its
-        surprisal plus the intensity's (both fitted on healthy slices first)."""
+        """(N, 1, H, W) slices → (N, 1, H, W) maps: the structural map, or with ``fusion`` the
+        intensity's healthy surprisal times the structure's healthy probability P(U < u) (both
+        fitted on healthy slices first)."""
         structure = self.structure(x)
         if self.fusion == "none":
             return structure
-        return self.structure_tail(structure.float()) + self.intensity_tail(x.float())
+        unusual = -torch.expm1(-self.structure_tail(structure.float()))  # 0.5 ... 1
+        return self.intensity_tail(x.float()) * unusual
