@@ -213,7 +213,7 @@ def test_fusion_with_intensity_is_fitted_on_healthy_slices_and_round_trips(healt
     surprisal = est.model_.intensity_tail(torch.from_numpy(images)).numpy()
     weight = 1 - np.exp(-est.model_.structure_tail(torch.from_numpy(structure)).numpy())
     brain = healthy.masks[:4]
-    assert 0.5 - 1e-6 <= weight[brain].min() and weight[brain].max() < 1
+    assert weight[brain].min() >= 0.5 - 1e-6 and weight[brain].max() < 1
     assert weight[brain].max() > 0.9, "where the structure is unusual, intensity counts ~fully"
     expected = surprisal * weight
     np.testing.assert_allclose(fused[brain], expected[brain], rtol=1e-5, atol=1e-5)
