@@ -38,7 +38,6 @@ from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
-from fae.methods.registry import method_class
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc")
 
@@ -104,7 +103,7 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
 
 def _fusions(est, healthy: SliceSet, patients: SliceSet) -> dict[str, np.ndarray]:
     """The kept fusion (the model's own) and the dropped sum of both surprisals."""
-    fused = _fused(est, healthy)
+    fused = est.with_fusion("intensity", healthy)
     model = fused.model_
     structure = fused.maps(patients.images, patients.masks, model.structure)
     surprisals = model.structure_tail(torch.from_numpy(structure)) + model.intensity_tail(
@@ -114,17 +113,6 @@ def _fusions(est, healthy: SliceSet, patients: SliceSet) -> dict[str, np.ndarray
         "fusion": fused.predict(patients),
         "fusion-sum": np.where(patients.masks, surprisals.numpy(), 0),
     }
-
-
-def _fused(est, healthy: SliceSet):
-    """The same trained run with the intensity evidence fused in, fitted on healthy slices."""
-    cls = method_class(est.name)
-    fused = cls(prep=est.prep, progress=False, **{**est.config.to_dict(), "fusion": "intensity"})
-    fused.model_ = fused.build(load_weights=False)
-    fused.model_.load_state_dict(est.model_.state_dict(), strict=False)
-    fused.meta, fused.step_ = est.meta, est.step_
-    fused.calibrate(healthy)
-    return fused
 
 
 def _per_volume(slices: SliceSet, maps: np.ndarray, fn) -> np.ndarray:

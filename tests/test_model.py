@@ -224,6 +224,23 @@ def test_fusion_with_intensity_is_fitted_on_healthy_slices_and_round_trips(healt
     np.testing.assert_allclose(loaded.predict(images, brain), fused, atol=1e-5)
 
 
+def test_fusion_can_be_added_to_a_run_trained_without_it(healthy):
+    """Fusion changes only the map: a run trained without it, given fusion afterwards, maps
+    exactly as the same run trained with it; the original estimator is left unchanged."""
+    params = {**TINY, "steps": 3}
+    plain = FAE(prep=PREP, progress=False, **params).fit(healthy)
+    fused = FAE(prep=PREP, progress=False, **{**params, "fusion": "intensity"}).fit(healthy)
+    calibration = healthy.take(np.arange(len(healthy)) % 2 == 1)
+    fused.calibrate(calibration)
+    added = plain.with_fusion("intensity", calibration)
+    images, brain = healthy.images[:4], healthy.masks[:4]
+    np.testing.assert_allclose(added.predict(images, brain), fused.predict(images, brain))
+    assert added.calibration_ == fused.calibration_
+    assert plain.config.fusion == "none" and not hasattr(plain.model_, "intensity_tail")
+    back = added.with_fusion("none", calibration)
+    np.testing.assert_array_equal(back.predict(images, brain), plain.predict(images, brain))
+
+
 def test_fine_tuning_starts_from_a_trained_run_and_keeps_its_statistics(healthy):
     params = {**TINY, "standardize_features": True}
     source = FAE(prep=PREP, progress=False, **{**params, "steps": 6}).fit(healthy)

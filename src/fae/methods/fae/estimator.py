@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fae.data.slices import SliceSet
 from fae.methods.base import AnomalyMethod
 from fae.methods.fae import presets
 from fae.methods.fae.config import FAEConfig
@@ -47,6 +48,21 @@ class FAE(AnomalyMethod):
             c.standardize_features,
             c.fusion,
         )
+
+    def with_fusion(self, fusion: str, healthy: SliceSet) -> FAE:
+        """This trained model with another ``fusion``, fitted and calibrated on ``healthy``
+        slices (a new estimator; this one is unchanged). The autoencoder is the same: fusion
+        changes only the map, so it can be tried on a run trained without it."""
+        self._check_fitted()
+        params = {**self.config.to_dict(), "fusion": fusion}
+        other = type(self)(prep=self.prep, device=self.device, progress=self.progress, **params)
+        other.model_ = other.build(load_weights=False)
+        state = {k: v for k, v in self.model_.state_dict().items() if "_tail." not in k}
+        other.model_.load_state_dict(state, strict=False)
+        other.meta, other.step_ = dict(self.meta), self.step_
+        other.map_precision_override = self.map_precision_override
+        other.calibrate(healthy)
+        return other
 
     def fit_healthy(self, images: np.ndarray, masks: np.ndarray) -> None:
         """With ``fusion``: the healthy distributions of the structural map and of the

@@ -1,0 +1,138 @@
+"""Other sites: FLAIR models trained on brain-extracted LGG, tried on other sites' FLAIR volumes.
+
+For the FAE runs of ``benchmarks/protocol.py`` (``OUT/lgg-flair/runs/fae/seed*``, at whatever
+step they hold) and each site (default: the BRATS 2013 and MS volumes of ``../shared/data``,
+skull-stripped already, so their own brain masks are used), the maps of every scan are scored
+(pixel AP, Dice at the 5 %-FPR threshold, best Dice, slice AUROC) together with the share of
+brain pixels at or above the run's calibrated 5 %-FPR pixel threshold ("flagged": on healthy
+tissue it should be about 0.05 plus the lesion), for:
+
+- ``fae``: the structural map, calibrated on LGG (what a new user gets from a plain run);
+- ``best``: the ``best`` preset's map (fusion with intensity), fitted on LGG's healthy slices;
+- ``best, site-calibrated``: the same after ``fae calibrate`` on the site's healthy slices,
+  which refits the fusion's healthy distributions and the thresholds. No site here has healthy
+  scans, so its patients' lesion-free slices stand in for them: for each scan, those of the
+  site's *other* scans (leave one scan out), or, for a one-scan site, its own;
+- ``threshold``: the image intensity.
+
+    .venv/bin/python benchmarks/sites.py --out benchmark-output/protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fae.data.cache import default_cache_dir
+from fae.data.discover import discover
+from fae.data.slices import SliceSet, prepare_dataset
+from fae.evaluation import evaluate_maps, slice_scores
+from fae.io import atomic_path
+from fae.methods.base import load_method
+
+KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "flagged")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SITES = {"brats2013": SHARED / "brats2013-flair", "ms": SHARED / "ms-lesjak"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
+    parser.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: every run)")
+    args = parser.parse_args()
+    folder = args.out / "lgg-flair"
+    runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
+    runs = runs[: args.seeds] if args.seeds else runs
+    cache = default_cache_dir()
+    rows: dict[str, dict[str, list[dict]]] = {}
+    steps = []
+    for run in runs:
+        est = load_method(run, progress=False)
+        steps.append(est.step_)
+        lgg = discover(est.meta["data"])
+        val = prepare_dataset(lgg, "flair", est.prep, cache, est.meta["splits"]["val"], False)
+        best = est.with_fusion("intensity", val.lesion_free())
+        for site, path in SITES.items():
+            scans = prepare_dataset(discover(path), "flair", est.prep, cache, progress=False)
+            maps = {
+                "fae": (est.predict(scans), _threshold(est)),
+                "best": (best.predict(scans), _threshold(best)),
+                "best, site-calibrated": _site_calibrated(best, scans),
+                "threshold": (np.where(scans.masks, scans.images, 0), None),
+            }
+            for name, (m, threshold) in maps.items():
+                rows.setdefault(site, {}).setdefault(name, []).append(
+                    _score(scans, m, est.config.slice_score, threshold)
+                )
+    result = {"seeds": len(runs), "steps": steps, "sites": {}}
+    for site, by_variant in rows.items():
+        result["sites"][site] = {name: _mean_std(r) for name, r in by_variant.items()}
+    with atomic_path(folder / "sites.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    text = _markdown(result)
+    with atomic_path(folder / "sites.md") as tmp:
+        tmp.write_text(text)
+    print(text)
+
+
+def _threshold(est) -> float:
+    return float(est.calibration_["pixel"]["0.05"])
+
+
+def _site_calibrated(best, scans: SliceSet) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of each scan after calibrating on the site's other scans' lesion-free slices (or
+    its own, for a one-scan site), and each pixel's calibrated threshold."""
+    maps = np.zeros(scans.images.shape, np.float32)
+    thresholds = np.zeros(len(scans), np.float32)
+    n = len(scans.subject_ids)
+    for i in range(n):
+        own = scans.subject == i
+        healthy = scans.take(~own if n > 1 else own).lesion_free()
+        local = best.with_fusion("intensity", healthy)
+        maps[own] = local.predict(scans.take(own))
+        thresholds[own] = _threshold(local)
+    return maps, thresholds[:, None, None]
+
+
+def _score(slices: SliceSet, maps: np.ndarray, kind: str, threshold) -> dict:
+    maps = np.asarray(maps, np.float32)
+    summary, _ = evaluate_maps(slices, maps, slice_scores(maps, slices.masks, kind))
+    row = {k: summary[k] for k in KEYS if k in summary}
+    if threshold is not None:
+        flagged = (maps >= threshold) & slices.masks
+        row["flagged"] = float(flagged.sum() / slices.masks.sum())
+    return row
+
+
+def _mean_std(rows: list[dict]) -> dict:
+    keys = [k for k in KEYS if k in rows[0]]
+    return {
+        k: {
+            "mean": float(np.mean([r[k] for r in rows])),
+            "std": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+        }
+        for k in keys
+    }
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"LGG FLAIR models on other sites, {result['seeds']} seeds at steps {result['steps']}:",
+        "",
+        "| site | map | pixel AP | Dice@5%FPR | best Dice | slice AUROC | flagged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for site, variants in result["sites"].items():
+        for name, row in variants.items():
+            cells = [
+                f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" if k in row else "–" for k in KEYS
+            ]
+            lines.append(f"| {site} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
