@@ -72,8 +72,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fusion",
         choices=["none", "intensity"],
-        help="add the intensity evidence to FAE's map, each as its surprisal on healthy slices "
-        "(not in the paper; default: none)",
+        help="map the intensity evidence weighted by how unusual FAE's structure is, both read "
+        "against healthy slices (not in the paper; default: none)",
     )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument(
