@@ -3,11 +3,13 @@
 Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps
 by default — each stage extending the last (bit-identical to one uninterrupted run), and
 evaluated after each stage on the selection patients and on the report patients of the
-three-way split. Stage by stage: every run reaches 1,000 steps before any goes on to 2,000, so
-that an early stop leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``;
-at the end ``fae benchmark``'s own summary of the final runs (``results.md``, ``bars.png``...,
-and ``select/``) is written there. Everything resumes: rerun the same command after an
-interruption.
+three-way split. Where the ``best`` preset fuses FAE with intensity (FLAIR), FAE's runs are
+also evaluated with that fusion (fitted on the run's healthy validation slices), as method
+``fae+fusion``: the learning curve of the ``best`` preset, whose training is FAE's own. Stage
+by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
+leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``; at the end ``fae
+benchmark``'s own summary of the final runs (``results.md``, ``bars.png``..., and ``select/``)
+is written there. Everything resumes: rerun the same command after an interruption.
 
     .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
         --out benchmark-output/protocol
@@ -23,8 +25,12 @@ from pathlib import Path
 from fae.benchmark import METRICS, method_params, run_benchmark
 from fae.config import read_config_file
 from fae.data.cache import default_cache_dir
+from fae.data.discover import discover
 from fae.data.preprocess import PrepConfig
+from fae.data.slices import prepare_dataset
 from fae.io import atomic_path
+from fae.methods.base import load_method
+from fae.methods.registry import PROPOSED
 from fae.workflow import RunSpec, evaluate_run, train_or_resume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -34,6 +40,7 @@ SPLIT = {"test_fraction": 0.35, "val_fraction": 0.1, "select_fraction": 0.15, "s
 CONFIG = Path(__file__).parent / "configs" / "lgg-cpu.toml"
 STAGES = (1000, 2000, 5000, 10_000)
 COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
+FUSED = f"{PROPOSED}+fusion"
 
 
 def main() -> None:
@@ -77,16 +84,33 @@ def _stage(
     cache: Path,
 ) -> None:
     """One run trained (or extended) to ``steps`` and evaluated on both patient sets."""
-    if _done(out, method, seed, steps):
-        return
     data = SHARED / f"lgg-{modality}"
     run = out / "runs" / method / f"seed{seed}"
-    params = method_params(method, seed, steps, overrides.get(method, {}))
-    spec = RunSpec(data, modality, method, params, prep, **SPLIT)
-    est = train_or_resume(spec, run, cache, announce=print)
+    if not _done(out, method, seed, steps):
+        params = method_params(method, seed, steps, overrides.get(method, {}))
+        spec = RunSpec(data, modality, method, params, prep, **SPLIT)
+        est = train_or_resume(spec, run, cache, announce=print)
+        for subjects in ("select", "test"):
+            summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
+            _record(out, method, seed, est.step_, subjects, summary, run)
+    if method == PROPOSED and not _done(out, FUSED, seed, steps):
+        _record_fusion(out, modality, seed, steps, run, cache)
+
+
+def _record_fusion(out: Path, modality: str, seed: int, steps: int, run: Path, cache: Path) -> None:
+    """FAE's run at ``steps`` with the ``best`` preset's fusion, if it has one, on both sets."""
+    est = load_method(run, progress=False)
+    fusion = est.preset("best", modality)["fusion"]
+    if fusion == "none" or est.step_ != steps:  # a run already extended past this stage
+        return
+    dataset = discover(est.meta["data"])
+    splits = est.meta["splits"]
+    val = prepare_dataset(dataset, modality, est.prep, cache, splits["val"], False)
+    fused = est.with_fusion(fusion, val.lesion_free())
     for subjects in ("select", "test"):
-        summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
-        _record(out, method, seed, est.step_, subjects, summary, run)
+        patients = prepare_dataset(dataset, modality, est.prep, cache, splits[subjects], False)
+        summary, _ = fused.evaluate(patients)
+        _record(out, FUSED, seed, steps, subjects, summary, run)
 
 
 def _done(out: Path, method: str, seed: int, steps: int) -> bool:
