@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from fae.benchmark import mean_std
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
@@ -68,8 +69,8 @@ def main() -> None:
         maps_by_seed.append(est.predict(patients))
     kind = est.config.slice_score if runs else "top10"
     ensemble = [_score(patients, np.mean(maps_by_seed, axis=0), kind)] if runs else []
-    table = {name: _mean_std(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
-    table["threshold"] = _mean_std([_score(patients, np.where(patients.masks, patients.images, 0))])
+    table = {name: _summary(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
+    table["threshold"] = _summary([_score(patients, np.where(patients.masks, patients.images, 0))])
     result = {
         "modality": args.modality,
         "subjects": args.subjects,
@@ -144,14 +145,8 @@ def _score(slices: SliceSet, maps: np.ndarray, kind: str = "top10") -> dict:
     return {k: summary[k] for k in KEYS}
 
 
-def _mean_std(rows: list[dict]) -> dict:
-    return {
-        k: {
-            "mean": float(np.mean([r[k] for r in rows])),
-            "std": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
-        }
-        for k in KEYS
-    }
+def _summary(rows: list[dict]) -> dict:
+    return {k: mean_std([r[k] for r in rows]) for k in (rows[0] if rows else ())}
 
 
 def _markdown(result: dict) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fae.benchmark import mean_std
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
@@ -69,7 +70,7 @@ def main() -> None:
                 )
     result = {"seeds": len(runs), "steps": steps, "sites": {}}
     for site, by_variant in rows.items():
-        result["sites"][site] = {name: _mean_std(r) for name, r in by_variant.items()}
+        result["sites"][site] = {name: _summary(r) for name, r in by_variant.items()}
     with atomic_path(folder / "sites.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     text = _markdown(result)
@@ -107,15 +108,8 @@ def _score(slices: SliceSet, maps: np.ndarray, kind: str, threshold) -> dict:
     return row
 
 
-def _mean_std(rows: list[dict]) -> dict:
-    keys = [k for k in KEYS if k in rows[0]]
-    return {
-        k: {
-            "mean": float(np.mean([r[k] for r in rows])),
-            "std": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
-        }
-        for k in keys
-    }
+def _summary(rows: list[dict]) -> dict:
+    return {k: mean_std([r[k] for r in rows]) for k in (rows[0] if rows else ())}
 
 
 def _markdown(result: dict) -> str:

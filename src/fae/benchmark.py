@@ -126,16 +126,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         row: dict = {"seeds": len(results)}
         for metric in METRICS:
             values = np.array([r[metric] for r in results], dtype=np.float64)
-            row[metric] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "values": values.tolist(),
-            }
+            row[metric] = {**mean_std(values), "values": values.tolist()}
         kinds = sorted({k for r in results for k in r.get("by_kind", {})})
         if kinds:
             row["by_kind"] = {
                 kind: {
-                    metric: _mean_std(
+                    metric: mean_std(
                         [
                             r["by_kind"][kind][metric]
                             for r in results
@@ -172,7 +168,8 @@ def _add_welch(table: dict[str, dict]) -> dict:
     return table
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values) -> dict:
+    """``{"mean", "std"}`` over seeds (the sample standard deviation; 0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
 
