@@ -70,9 +70,8 @@ def _figure(test, maps: dict, methods: dict, chosen: dict, path: Path, title: st
         axes[row, 1].imshow(image, cmap="gray", vmin=0, vmax=1)
         axes[row, 1].contour(seg.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
         for col, name in enumerate(maps, start=2):
-            calibration = methods[name].calibration_
-            low = float(calibration["pixel"]["0.05"])
-            high = max(float(calibration["max"]), low * 1.05 + 1e-6)
+            low, _ = methods[name].thresholds(0.05)
+            high = max(float(methods[name].calibration_["max"]), low * 1.05 + 1e-6)
             axes[row, col].imshow(np.rot90(maps[name][k]), cmap="inferno", vmin=low, vmax=high)
         axes[row, 0].set_ylabel(
             f"{label}\n{subject['subject']}\nFAE Dice {subject['dice_at_fpr']:.2f}",

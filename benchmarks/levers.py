@@ -91,22 +91,24 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
     flipped = est.predict(patients.images[:, :, ::-1].copy(), patients.masks[:, :, ::-1].copy())
     levers = {
         "base": base,
-        **_fusions(est, healthy, patients),
+        **_fusions(est, healthy, patients, base),
         "product": np.where(patients.masks, base * patients.images, 0),
         "flip": np.where(patients.masks, (base + flipped[:, :, ::-1]) / 2, 0),
         "median3": _per_volume(patients, base, lambda v: ndimage.median_filter(v, size=(3, 1, 1))),
         "erode2": np.where(_eroded(patients.masks, 2), base, 0),
     }
-    threshold = float(est.calibration_["pixel"]["0.05"])
+    threshold, _ = est.thresholds(0.05)
     levers["components"] = _per_volume(patients, base, lambda v: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
 
 
-def _fusions(est, healthy: SliceSet, patients: SliceSet) -> dict[str, np.ndarray]:
-    """The kept fusion (the model's own) and the dropped sum of both surprisals."""
+def _fusions(
+    est, healthy: SliceSet, patients: SliceSet, structure: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The kept fusion (the model's own) and the dropped sum of both surprisals, from the
+    run's structural maps of ``patients``."""
     fused = est.with_fusion("intensity", healthy)
     model = fused.model_
-    structure = fused.maps(patients.images, patients.masks, model.structure)
     surprisals = model.structure_tail(torch.from_numpy(structure)) + model.intensity_tail(
         torch.from_numpy(np.asarray(patients.images, np.float32))
     )

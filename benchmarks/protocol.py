@@ -30,7 +30,7 @@ from fae.data.preprocess import PrepConfig
 from fae.data.slices import prepare_dataset
 from fae.io import atomic_path
 from fae.methods.base import load_method
-from fae.methods.registry import PROPOSED
+from fae.methods.registry import PROPOSED, method_class
 from fae.workflow import RunSpec, evaluate_run, train_or_resume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -93,15 +93,18 @@ def _stage(
         for subjects in ("select", "test"):
             summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
             _record(out, method, seed, est.step_, subjects, summary, run)
-    if method == PROPOSED and not _done(out, FUSED, seed, steps):
-        _record_fusion(out, modality, seed, steps, run, cache)
+    if method == PROPOSED:
+        fusion = method_class(method).preset("best", modality)["fusion"]
+        if fusion != "none" and not _done(out, FUSED, seed, steps):
+            _record_fusion(out, modality, seed, steps, run, fusion, cache)
 
 
-def _record_fusion(out: Path, modality: str, seed: int, steps: int, run: Path, cache: Path) -> None:
-    """FAE's run at ``steps`` with the ``best`` preset's fusion, if it has one, on both sets."""
+def _record_fusion(
+    out: Path, modality: str, seed: int, steps: int, run: Path, fusion: str, cache: Path
+) -> None:
+    """FAE's run at ``steps`` with ``fusion`` (the ``best`` preset's) on both patient sets."""
     est = load_method(run, progress=False)
-    fusion = est.preset("best", modality)["fusion"]
-    if fusion == "none" or est.step_ != steps:  # a run already extended past this stage
+    if est.step_ != steps:  # a run already extended past this stage
         return
     dataset = discover(est.meta["data"])
     splits = est.meta["splits"]

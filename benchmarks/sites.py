@@ -59,8 +59,8 @@ def main() -> None:
         for site, path in SITES.items():
             scans = prepare_dataset(discover(path), "flair", est.prep, cache, progress=False)
             maps = {
-                "fae": (est.predict(scans), _threshold(est)),
-                "best": (best.predict(scans), _threshold(best)),
+                "fae": (est.predict(scans), est.thresholds(0.05)[0]),
+                "best": (best.predict(scans), best.thresholds(0.05)[0]),
                 "best, site-calibrated": _site_calibrated(best, scans),
                 "threshold": (np.where(scans.masks, scans.images, 0), None),
             }
@@ -79,10 +79,6 @@ def main() -> None:
     print(text)
 
 
-def _threshold(est) -> float:
-    return float(est.calibration_["pixel"]["0.05"])
-
-
 def _site_calibrated(best, scans: SliceSet) -> tuple[np.ndarray, np.ndarray]:
     """Maps of each scan after calibrating on the site's other scans' lesion-free slices (or
     its own, for a one-scan site), and each pixel's calibrated threshold."""
@@ -94,7 +90,7 @@ def _site_calibrated(best, scans: SliceSet) -> tuple[np.ndarray, np.ndarray]:
         healthy = scans.take(~own if n > 1 else own).lesion_free()
         local = best.with_fusion("intensity", healthy)
         maps[own] = local.predict(scans.take(own))
-        thresholds[own] = _threshold(local)
+        thresholds[own] = local.thresholds(0.05)[0]
     return maps, thresholds[:, None, None]
 
 

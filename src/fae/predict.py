@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fae.calibration import fpr_key, intensity_warning
+from fae.calibration import intensity_warning
 from fae.data.brainmask import BrainMask, brain_mask, has_geometry, voxel_ml
 from fae.data.discover import KNOWN_MODALITIES, Scan
 from fae.data.preprocess import (
@@ -146,7 +146,7 @@ class _Writer:
         failures: list[tuple[str, str]],
     ) -> None:
         self.estimator, self.out, self.fpr, self.batch_size = estimator, out, fpr, batch_size
-        self.pixel_t, self.slice_t = _thresholds(estimator, fpr)
+        self.pixel_t, self.slice_t = estimator.thresholds(fpr)
         healthy_max = float(estimator.calibration_.get("max", 0.0))
         self.vmax = healthy_max if healthy_max > self.pixel_t * 1.05 else self.pixel_t * 1.5
         self.rows: list[dict] = []
@@ -213,19 +213,6 @@ class _Writer:
                 save_nifti(data, volume.affine, path, derived_header(volume.header, description))
             _save_overlay(item, maps, paths[-1], pixel_t, self.vmax, row)
         return row
-
-
-def _thresholds(estimator: AnomalyMethod, fpr: float) -> tuple[float, float]:
-    calibration = getattr(estimator, "calibration_", None)
-    if not calibration:
-        raise FaeInputError(
-            None, "the run has no calibrated thresholds: run `fae calibrate --run RUN --data DIR`"
-        )
-    key = fpr_key(fpr)
-    if key not in calibration["pixel"] or key not in calibration["slice"]:
-        have = ", ".join(sorted(calibration["pixel"], key=float))
-        raise FaeInputError(None, f"--fpr {fpr:g} is not calibrated; this run has {have}")
-    return float(calibration["pixel"][key]), float(calibration["slice"][key])
 
 
 def _load(

@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from fae.calibration import calibrate_thresholds
+from fae.calibration import calibrate_thresholds, fpr_key
 from fae.checkpoint import load_checkpoint, save_checkpoint, save_config
 from fae.config import TrainingConfig
 from fae.data.preprocess import PrepConfig
@@ -250,6 +250,20 @@ class AnomalyMethod:
             maps, masks, self.slice_scores(maps, masks), source
         )
         return self.calibration_
+
+    def thresholds(self, fpr: float = 0.05) -> tuple[float, float]:
+        """The calibrated (pixel, slice) thresholds at false-positive rate ``fpr``."""
+        calibration = getattr(self, "calibration_", None)
+        if not calibration:
+            raise FaeInputError(
+                None,
+                "the run has no calibrated thresholds: run `fae calibrate --run RUN --data DIR`",
+            )
+        key = fpr_key(fpr)
+        if key not in calibration["pixel"] or key not in calibration["slice"]:
+            have = ", ".join(sorted(calibration["pixel"], key=float))
+            raise FaeInputError(None, f"--fpr {fpr:g} is not calibrated; this run has {have}")
+        return float(calibration["pixel"][key]), float(calibration["slice"][key])
 
     # --- prediction -----------------------------------------------------------------------
 

@@ -57,8 +57,8 @@ class FAE(AnomalyMethod):
         params = {**self.config.to_dict(), "fusion": fusion}
         other = type(self)(prep=self.prep, device=self.device, progress=self.progress, **params)
         other.model_ = other.build(load_weights=False)
-        state = {k: v for k, v in self.model_.state_dict().items() if "_tail." not in k}
-        other.model_.load_state_dict(state, strict=False)
+        # same architecture; only the fusion's tails may be missing or extra (refitted below)
+        other.model_.load_state_dict(self.model_.state_dict(), strict=False)
         other.meta, other.step_ = dict(self.meta), self.step_
         other.map_precision_override = self.map_precision_override
         other.calibrate(healthy)
