@@ -12,12 +12,14 @@ then scores the same levers on the report patients, to report what was chosen:
   first fusion tried in issue 13);
 - ``flip``: test-time augmentation, the mean of the map and the mirrored map of the mirrored
   slice;
-- ``median3``: a median over each slice and its two neighbours in the volume;
+- ``median3``: a median over each slice and its two neighbours in the volume
+  (``slice_median = 3``, :mod:`fae.postprocess`); ``fusion-median3``: both;
 - ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
   errors sit), metrics still over the whole mask;
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
   voxels set to 0;
-- ``ensemble``: the mean map over the seeds (one value).
+- ``ensemble``: the mean map over the seeds (one value);
+- ``threshold`` and ``threshold-median3``: the image intensity, without and with the median.
 
     .venv/bin/python benchmarks/levers.py --modality flair --out benchmark-output/protocol
 """
@@ -39,6 +41,7 @@ from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
+from fae.postprocess import median_across_slices
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc")
 
@@ -70,7 +73,12 @@ def main() -> None:
     kind = est.config.slice_score if runs else "top10"
     ensemble = [_score(patients, np.mean(maps_by_seed, axis=0), kind)] if runs else []
     table = {name: _summary(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
-    table["threshold"] = _summary([_score(patients, np.where(patients.masks, patients.images, 0))])
+    intensity = np.where(patients.masks, patients.images, 0)
+    table["threshold"] = _summary([_score(patients, intensity)])
+    smoothed = median_across_slices(
+        intensity, patients.masks, 3, patients.subject, patients.slice_index
+    )
+    table["threshold-median3"] = _summary([_score(patients, smoothed)])
     result = {
         "modality": args.modality,
         "subjects": args.subjects,
@@ -88,15 +96,19 @@ def main() -> None:
 
 def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:
     base = est.predict(patients)
+    order = patients.slice_index
     flipped = est.predict(patients.images[:, :, ::-1].copy(), patients.masks[:, :, ::-1].copy())
     levers = {
         "base": base,
         **_fusions(est, healthy, patients, base),
         "product": np.where(patients.masks, base * patients.images, 0),
         "flip": np.where(patients.masks, (base + flipped[:, :, ::-1]) / 2, 0),
-        "median3": _per_volume(patients, base, lambda v: ndimage.median_filter(v, size=(3, 1, 1))),
+        "median3": median_across_slices(base, patients.masks, 3, patients.subject, order),
         "erode2": np.where(_eroded(patients.masks, 2), base, 0),
     }
+    levers["fusion-median3"] = median_across_slices(
+        levers["fusion"], patients.masks, 3, patients.subject, order
+    )
     threshold, _ = est.thresholds(0.05)
     levers["components"] = _per_volume(patients, base, lambda v: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
@@ -107,7 +119,7 @@ def _fusions(
 ) -> dict[str, np.ndarray]:
     """The kept fusion (the model's own) and the dropped sum of both surprisals, from the
     run's structural maps of ``patients``."""
-    fused = est.with_fusion("intensity", healthy)
+    fused = est.with_maps(healthy, fusion="intensity")
     model = fused.model_
     surprisals = model.structure_tail(torch.from_numpy(structure)) + model.intensity_tail(
         torch.from_numpy(np.asarray(patients.images, np.float32))

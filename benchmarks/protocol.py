@@ -3,9 +3,10 @@
 Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps
 by default — each stage extending the last (bit-identical to one uninterrupted run), and
 evaluated after each stage on the selection patients and on the report patients of the
-three-way split. Where the ``best`` preset fuses FAE with intensity (FLAIR), FAE's runs are
-also evaluated with that fusion (fitted on the run's healthy validation slices), as method
-``fae+fusion``: the learning curve of the ``best`` preset, whose training is FAE's own. Stage
+three-way split. Where the ``best`` preset changes FAE's map (fusion with intensity on FLAIR,
+the median across slices on T1), FAE's runs are also evaluated with those settings (refitted
+and calibrated on the run's healthy validation slices), as method ``fae+fusion`` /
+``fae+median3``: the learning curve of the ``best`` preset, whose training is FAE's own. Stage
 by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
 leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``; at the end ``fae
 benchmark``'s own summary of the final runs (``results.md``, ``bars.png``..., and ``select/``)
@@ -40,7 +41,8 @@ SPLIT = {"test_fraction": 0.35, "val_fraction": 0.1, "select_fraction": 0.15, "s
 CONFIG = Path(__file__).parent / "configs" / "lgg-cpu.toml"
 STAGES = (1000, 2000, 5000, 10_000)
 COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
-FUSED = f"{PROPOSED}+fusion"
+# map settings that the ``best`` preset may change on a trained FAE run, with the runs' values
+MAP_SETTINGS = {"fusion": "none", "slice_median": 1}
 
 
 def main() -> None:
@@ -94,26 +96,35 @@ def _stage(
             summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
             _record(out, method, seed, est.step_, subjects, summary, run)
     if method == PROPOSED:
-        fusion = method_class(method).preset("best", modality)["fusion"]
-        if fusion != "none" and not _done(out, FUSED, seed, steps):
-            _record_fusion(out, modality, seed, steps, run, fusion, cache)
+        best = method_class(method).preset("best", modality)
+        changes = {k: best[k] for k in MAP_SETTINGS if best[k] != MAP_SETTINGS[k]}
+        if changes and not _done(out, best_label(changes), seed, steps):
+            _record_best(out, modality, seed, steps, run, changes, cache)
 
 
-def _record_fusion(
-    out: Path, modality: str, seed: int, steps: int, run: Path, fusion: str, cache: Path
+def best_label(changes: dict) -> str:
+    """The curve's name for FAE's runs with the ``best`` preset's map settings:
+    ``fae+fusion``, ``fae+median3``..."""
+    names = {"fusion": lambda v: "fusion", "slice_median": lambda v: f"median{v}"}
+    return "+".join([PROPOSED, *(names[k](v) for k, v in changes.items())])
+
+
+def _record_best(
+    out: Path, modality: str, seed: int, steps: int, run: Path, changes: dict, cache: Path
 ) -> None:
-    """FAE's run at ``steps`` with ``fusion`` (the ``best`` preset's) on both patient sets."""
+    """FAE's run at ``steps`` with the map ``changes`` of the ``best`` preset (refitted and
+    calibrated on the run's healthy validation slices) on both patient sets."""
     est = load_method(run, progress=False)
     if est.step_ != steps:  # a run already extended past this stage
         return
     dataset = discover(est.meta["data"])
     splits = est.meta["splits"]
     val = prepare_dataset(dataset, modality, est.prep, cache, splits["val"], False)
-    fused = est.with_fusion(fusion, val.lesion_free())
+    best = est.with_maps(val.lesion_free(), **changes)
     for subjects in ("select", "test"):
         patients = prepare_dataset(dataset, modality, est.prep, cache, splits[subjects], False)
-        summary, _ = fused.evaluate(patients)
-        _record(out, FUSED, seed, steps, subjects, summary, run)
+        summary, _ = best.evaluate(patients)
+        _record(out, best_label(changes), seed, steps, subjects, summary, run)
 
 
 def _done(out: Path, method: str, seed: int, steps: int) -> bool:

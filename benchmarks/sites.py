@@ -8,20 +8,28 @@ brain pixels at or above the run's calibrated 5 %-FPR pixel threshold ("flagged"
 tissue it should be about 0.05 plus the lesion), for:
 
 - ``fae``: the structural map, calibrated on LGG (what a new user gets from a plain run);
-- ``best``: the ``best`` preset's map (fusion with intensity), fitted on LGG's healthy slices;
+- ``best``: the ``best`` preset's FLAIR map (fusion with intensity, median over 3 slices),
+  fitted on LGG's healthy slices;
 - ``best, site-calibrated``: the same after ``fae calibrate`` on the site's healthy slices,
   which refits the fusion's healthy distributions and the thresholds. No site here has healthy
   scans, so its patients' lesion-free slices stand in for them: for each scan, those of the
   site's *other* scans (leave one scan out), or, for a one-scan site, its own;
-- ``threshold``: the image intensity.
+- with ``--fine-tune N``, ``best, site-fine-tuned``: the run first fine-tuned N steps on those
+  same slices (``fae train --init RUN``: the run's weights and feature statistics, fresh
+  optimisers), then fitted and calibrated on them;
+- ``threshold``: the image intensity; ``threshold + median``: the same with the median over 3
+  slices that ``best`` has.
 
-    .venv/bin/python benchmarks/sites.py --out benchmark-output/protocol
+    .venv/bin/python benchmarks/sites.py --out benchmark-output/protocol [--fine-tune 300]
+
+The table lands in ``OUT/lgg-flair/sites.md`` (``sites-fine-tune-N.md`` with ``--fine-tune``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +41,7 @@ from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
+from fae.postprocess import median_across_slices
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "flagged")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -43,27 +52,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
     parser.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: every run)")
+    parser.add_argument("--fine-tune", type=int, default=0, metavar="N", help="steps (0: none)")
     args = parser.parse_args()
     folder = args.out / "lgg-flair"
     runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
     runs = runs[: args.seeds] if args.seeds else runs
     cache = default_cache_dir()
     rows: dict[str, dict[str, list[dict]]] = {}
+    preset = load_method(runs[0], progress=False).preset("best", "flair") if runs else {}
+    changes = {k: preset[k] for k in ("fusion", "slice_median")}
     steps = []
     for run in runs:
         est = load_method(run, progress=False)
         steps.append(est.step_)
         lgg = discover(est.meta["data"])
         val = prepare_dataset(lgg, "flair", est.prep, cache, est.meta["splits"]["val"], False)
-        best = est.with_fusion("intensity", val.lesion_free())
+        best = est.with_maps(val.lesion_free(), **changes)
         for site, path in SITES.items():
             scans = prepare_dataset(discover(path), "flair", est.prep, cache, progress=False)
             maps = {
                 "fae": (est.predict(scans), est.thresholds(0.05)[0]),
                 "best": (best.predict(scans), best.thresholds(0.05)[0]),
-                "best, site-calibrated": _site_calibrated(best, scans),
-                "threshold": (np.where(scans.masks, scans.images, 0), None),
+                "best, site-calibrated": _at_site(best, scans, lambda m, healthy: m),
             }
+            if args.fine_tune:
+                tune = partial(_fine_tuned, steps=args.fine_tune, changes=changes)
+                maps["best, site-fine-tuned"] = _at_site(est, scans, tune)
+            intensity = np.where(scans.masks, scans.images, 0)
+            maps["threshold"] = (intensity, None)
+            maps["threshold + median"] = (
+                median_across_slices(intensity, scans.masks, 3, scans.subject, scans.slice_index),
+                None,
+            )
             for name, (m, threshold) in maps.items():
                 rows.setdefault(site, {}).setdefault(name, []).append(
                     _score(scans, m, est.config.slice_score, threshold)
@@ -71,27 +91,36 @@ def main() -> None:
     result = {"seeds": len(runs), "steps": steps, "sites": {}}
     for site, by_variant in rows.items():
         result["sites"][site] = {name: _summary(r) for name, r in by_variant.items()}
-    with atomic_path(folder / "sites.json") as tmp:
+    name = f"sites-fine-tune-{args.fine_tune}" if args.fine_tune else "sites"
+    with atomic_path(folder / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     text = _markdown(result)
-    with atomic_path(folder / "sites.md") as tmp:
+    with atomic_path(folder / f"{name}.md") as tmp:
         tmp.write_text(text)
     print(text)
 
 
-def _site_calibrated(best, scans: SliceSet) -> tuple[np.ndarray, np.ndarray]:
-    """Maps of each scan after calibrating on the site's other scans' lesion-free slices (or
-    its own, for a one-scan site), and each pixel's calibrated threshold."""
+def _at_site(est, scans: SliceSet, adapt) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of each scan by ``adapt(est, healthy)`` calibrated on the site's healthy slices
+    (the other scans' lesion-free slices, or its own for a one-scan site), and each pixel's
+    calibrated threshold."""
     maps = np.zeros(scans.images.shape, np.float32)
     thresholds = np.zeros(len(scans), np.float32)
     n = len(scans.subject_ids)
     for i in range(n):
         own = scans.subject == i
         healthy = scans.take(~own if n > 1 else own).lesion_free()
-        local = best.with_fusion("intensity", healthy)
+        local = adapt(est, healthy).with_maps(healthy)
         maps[own] = local.predict(scans.take(own))
         thresholds[own] = local.thresholds(0.05)[0]
     return maps, thresholds[:, None, None]
+
+
+def _fine_tuned(est, healthy: SliceSet, steps: int, changes: dict):
+    """``est`` fine-tuned ``steps`` steps on ``healthy`` with the ``best`` map settings."""
+    params = {**est.config.to_dict(), **changes, "steps": steps, "checkpoint_every": steps}
+    tuned = type(est)(prep=est.prep, device=est.device, progress=est.progress, **params)
+    return tuned.fit(healthy, init=est)
 
 
 def _score(slices: SliceSet, maps: np.ndarray, kind: str, threshold) -> dict:

@@ -155,7 +155,7 @@ def test_train_longer_from_the_command_line(tiny_data, tmp_path, capsys):
     assert "trained 4 steps already" in capsys.readouterr().err
 
 
-def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_path):
+def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_path, capsys):
     from fae.methods.registry import method_class
 
     base = ["train", "--data", str(tiny_data), "--size", "64", "--steps", "2"]
@@ -164,7 +164,13 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     saved = json.loads((tmp_path / "best" / "config.json").read_text())["config"]
     assert saved["backbone"] == "efficientnet-lite0" and saved["standardize_features"]
     assert saved["fusion"] == "none" and not saved["train_batchnorm"], "best for T1: no fusion"
+    assert saved["slice_median"] == 3, "best: the median across slices"
     assert saved["steps"] == 2, "a flag overrides the preset"
+    out = tmp_path / "best-no-median"
+    assert main([*base, "--preset", "best", "--slice-median", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["slice_median"] == 1
+    assert main([*base, "--slice-median", "2", "--out", str(tmp_path / "even")]) == 2
+    assert "slice_median must be an odd number" in capsys.readouterr().err
     assert method_class("fae").preset("best", "flair")["fusion"] == "intensity"
     paper = method_class("fae").preset("paper", "t1")
     assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (

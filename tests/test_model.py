@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import fae.train as train_module
+from fae.calibration import calibrate_thresholds
 from fae.data.preprocess import PrepConfig, prepare_volume
 from fae.data.slices import stack_volumes
 from fae.data.synthetic import synthesize_subject
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
 from fae.methods.fae import FAE, FeatureAutoencoder, StructuralFAE
+from fae.postprocess import median_across_slices
 
 PREP = PrepConfig(size=64)
 TINY = {
@@ -232,13 +234,32 @@ def test_fusion_can_be_added_to_a_run_trained_without_it(healthy):
     fused = FAE(prep=PREP, progress=False, **{**params, "fusion": "intensity"}).fit(healthy)
     calibration = healthy.take(np.arange(len(healthy)) % 2 == 1)
     fused.calibrate(calibration)
-    added = plain.with_fusion("intensity", calibration)
+    added = plain.with_maps(calibration, fusion="intensity")
     images, brain = healthy.images[:4], healthy.masks[:4]
     np.testing.assert_allclose(added.predict(images, brain), fused.predict(images, brain))
     assert added.calibration_ == fused.calibration_
     assert plain.config.fusion == "none" and not hasattr(plain.model_, "intensity_tail")
-    back = added.with_fusion("none", calibration)
+    back = added.with_maps(calibration, fusion="none")
     np.testing.assert_array_equal(back.predict(images, brain), plain.predict(images, brain))
+
+
+def test_slice_median_maps_and_calibrates_per_volume(healthy):
+    """``slice_median`` filters each subject's maps along its slices, in ``predict`` and in the
+    calibration (thresholds of the filtered healthy maps); other settings cannot be swapped."""
+    plain = FAE(prep=PREP, progress=False, **{**TINY, "steps": 2}).fit(healthy)
+    calibration = healthy.take(np.arange(len(healthy)) % 3 != 0)  # gaps in every subject
+    median = plain.with_maps(calibration, slice_median=3)
+    expected = median_across_slices(
+        plain.predict(healthy), healthy.masks, 3, healthy.subject, healthy.slice_index
+    )
+    np.testing.assert_array_equal(median.predict(healthy), expected)
+    healthy_maps = median.predict(calibration)
+    scores = median.slice_scores(healthy_maps, calibration.masks)
+    assert median.calibration_ == calibrate_thresholds(
+        healthy_maps, calibration.masks, scores, "healthy slices"
+    )
+    with pytest.raises(FaeInputError, match="not a map setting: lr"):
+        plain.with_maps(calibration, lr=1.0)
 
 
 def test_fine_tuning_starts_from_a_trained_run_and_keeps_its_statistics(healthy):

@@ -233,8 +233,12 @@ def test_predict_can_take_brain_masks_from_elsewhere_than_the_run(tiny_run, tmp_
     assert (used == (data != 0)).mean() > 0.999
 
 
-def test_predict_batches_across_scans_without_changing_maps(tiny_run, tmp_path):
+@pytest.mark.parametrize("slice_median", [1, 3])
+def test_predict_batches_across_scans_without_changing_maps(tiny_run, tmp_path, slice_median):
+    """Scans that share a batch are mapped as if alone (with ``slice_median``, too: the
+    median never reaches into the next scan's slices)."""
     est = FAE.load(tiny_run / "run", progress=False)
+    est.config.slice_median = slice_median
     scans = []
     for i, p in enumerate(sorted((tiny_run / "data").glob("anomalous_*_t1.nii.gz"))):
         path = write_nifti(tmp_path / f"scan{i}.nii.gz", *cropped(p, 30 + 10 * i, 42 + 10 * i))

@@ -30,6 +30,9 @@ class TrainingConfig:
 
     slice_score: ``"top10"`` (mean of the top 10 % of map values in the brain, the paper) or
     ``"max"`` (the 2023 benchmark).
+    slice_median: not in the paper: each map becomes the pixel-wise median over itself and its
+    neighbouring slices in the volume, ``slice_median`` slices in all (1: off; odd), before
+    thresholds and scores (:mod:`fae.postprocess`).
     precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`fae.runtime`): the arithmetic of
     training and of the run's maps; ``auto`` is bf16 where the method was validated in it and
     the hardware has it, else fp32.
@@ -43,6 +46,7 @@ class TrainingConfig:
     steps: int = 10_000
     seed: int = 0
     slice_score: str = "top10"
+    slice_median: int = 1
     checkpoint_every: int = 500
     val_every: int = 250
     log_every: int = 25
@@ -63,6 +67,8 @@ class TrainingConfig:
             "lr must be positive": self.lr <= 0,
             f"slice_score must be one of {tuple(SLICE_SCORES)}": self.slice_score
             not in SLICE_SCORES,
+            "slice_median must be an odd number of slices (1: off)": self.slice_median < 1
+            or self.slice_median % 2 == 0,
             f"precision must be one of {PRECISIONS}": self.precision not in PRECISIONS,
             f"train_slices must be one of {TRAIN_SLICES}": self.train_slices not in TRAIN_SLICES,
             "lesion_margin must be at least 0": self.lesion_margin < 0,

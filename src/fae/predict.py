@@ -155,7 +155,13 @@ class _Writer:
     def write(self, group: list[_Loaded], bar: tqdm) -> None:
         images = np.concatenate([g.prepared.images for g in group])
         masks = np.concatenate([g.prepared.masks for g in group])
-        maps = self.estimator.predict(images, masks, self.batch_size) if len(images) else images
+        volume = np.concatenate([np.full(len(g.prepared.images), k) for k, g in enumerate(group)])
+        index = np.concatenate([g.prepared.slice_index for g in group])
+        maps = (
+            self.estimator.predict(images, masks, self.batch_size, volume, index)
+            if len(images)
+            else images
+        )
         start = 0
         for item in group:
             n = len(item.prepared.images)

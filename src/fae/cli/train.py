@@ -64,6 +64,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--slice-score", choices=["top10", "max"])
     p.add_argument(
+        "--slice-median",
+        type=int,
+        metavar="K",
+        help="median of each map over K neighbouring slices of its volume, odd (not in the "
+        "paper; default 1: off)",
+    )
+    p.add_argument(
         "--standardize-features",
         action="store_true",
         default=None,
@@ -180,6 +187,7 @@ def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:
         "layers": args.layers.split(",") if args.layers else None,
         "train_batchnorm": None if args.batchnorm is None else args.batchnorm == "train",
         "slice_score": args.slice_score,
+        "slice_median": args.slice_median,
         "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,
         "fusion": args.fusion,

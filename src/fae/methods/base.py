@@ -40,6 +40,7 @@ from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
+from fae.postprocess import median_across_slices
 from fae.runtime import BATCH_SIZE, batched, prepare_module, resolve_precision, tune_allocator
 from fae.train import TrainState, train
 
@@ -245,7 +246,7 @@ class AnomalyMethod:
         rates (see :mod:`fae.calibration`), from healthy slices; returns it."""
         images, masks = _images_and_masks(slices)
         self.fit_healthy(images, masks)
-        maps = self.predict(images, masks)
+        maps = self.predict(slices)
         self.calibration_ = calibrate_thresholds(
             maps, masks, self.slice_scores(maps, masks), source
         )
@@ -272,12 +273,21 @@ class AnomalyMethod:
         images: SliceSet | np.ndarray,
         masks: np.ndarray | None = None,
         batch_size: int = BATCH_SIZE,
+        volume: np.ndarray | None = None,
+        slice_index: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(N, S, S) slices in [0, 1] → (N, S, S) float32 anomaly maps, 0 outside ``masks``."""
+        """(N, S, S) slices in [0, 1] → (N, S, S) float32 anomaly maps, 0 outside ``masks``.
+
+        With ``slice_median``, neighbouring slices are told apart by ``volume`` and
+        ``slice_index`` ((N,) each; a SliceSet carries both); bare arrays without them are one
+        volume's consecutive slices."""
         self._check_fitted()
+        if isinstance(images, SliceSet):
+            volume, slice_index = images.subject, images.slice_index
         if isinstance(images, SliceSet) or masks is None:
             images, masks = _images_and_masks(images)
-        return self.maps(images, masks, self.model_, batch_size)
+        maps = self.maps(images, masks, self.model_, batch_size)
+        return median_across_slices(maps, masks, self.config.slice_median, volume, slice_index)
 
     def maps(
         self,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fae.data.slices import SliceSet
+from fae.errors import FaeInputError
 from fae.methods.base import AnomalyMethod
 from fae.methods.fae import presets
 from fae.methods.fae.config import FAEConfig
@@ -49,12 +50,16 @@ class FAE(AnomalyMethod):
             c.fusion,
         )
 
-    def with_fusion(self, fusion: str, healthy: SliceSet) -> FAE:
-        """This trained model with another ``fusion``, fitted and calibrated on ``healthy``
-        slices (a new estimator; this one is unchanged). The autoencoder is the same: fusion
-        changes only the map, so it can be tried on a run trained without it."""
+    def with_maps(self, healthy: SliceSet, **changes) -> FAE:
+        """This trained model with other map settings (``fusion``, ``slice_median``), refitted
+        and calibrated on ``healthy`` slices (a new estimator; this one is unchanged). The
+        autoencoder is the same: these settings change only the map, so they can be tried on a
+        run trained without them."""
         self._check_fitted()
-        params = {**self.config.to_dict(), "fusion": fusion}
+        unknown = set(changes) - {"fusion", "slice_median"}
+        if unknown:
+            raise FaeInputError(None, f"not a map setting: {', '.join(sorted(unknown))}")
+        params = {**self.config.to_dict(), **changes}
         other = type(self)(prep=self.prep, device=self.device, progress=self.progress, **params)
         other.model_ = other.build(load_weights=False)
         # same architecture; only the fusion's tails may be missing or extra (refitted below)

@@ -18,14 +18,17 @@ PAPER = {
     "batch_size": 32,
     "steps": 10_000,
     "slice_score": "top10",
+    "slice_median": 1,
 }
 # EfficientNet-Lite0 (ImageNet weights offline), frozen BatchNorm (features computed once),
-# standardised features; on FLAIR fused with the intensity evidence, on T1 not.
+# standardised features, the median of the map over 3 neighbouring slices; on FLAIR fused with
+# the intensity evidence, on T1 not.
 _BEST = {
     **PAPER,
     "backbone": "efficientnet-lite0",
     "train_batchnorm": False,
     "standardize_features": True,
+    "slice_median": 3,
 }
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"*": PAPER},

@@ -1,0 +1,62 @@
+"""Median of maps across neighbouring slices (fae.postprocess), against a direct oracle."""
+
+import numpy as np
+import pytest
+
+from fae.config import TrainingConfig
+from fae.errors import FaeInputError
+from fae.postprocess import median_across_slices
+
+
+def oracle(maps, masks, size, volume, slice_index):
+    """Each slice's median over the slices of its volume at index ± size // 2, looked up by
+    index; where one is missing, the nearest present one on that side of the run stands in."""
+    where = {(v, i): row for row, (v, i) in enumerate(zip(volume, slice_index, strict=True))}
+    out = np.zeros_like(maps)
+    for row, (v, i) in enumerate(zip(volume, slice_index, strict=True)):
+        stack = []
+        for step in range(-(size // 2), size // 2 + 1):
+            j = i
+            direction = 1 if step > 0 else -1
+            for _ in range(abs(step)):  # walk outward while the run goes on
+                if (v, j + direction) in where:
+                    j += direction
+            stack.append(maps[where[(v, j)]])
+        out[row] = np.median(stack, axis=0)
+    return np.where(masks, out, 0)
+
+
+def test_a_response_in_one_slice_goes_and_one_across_slices_stays():
+    maps = np.zeros((5, 4, 4), np.float32)
+    maps[1, 0, 0] = 1.0  # one slice only: noise
+    maps[2:5, 3, 3] = 0.5  # three slices: a lesion
+    out = median_across_slices(maps, np.ones_like(maps, bool), 3)
+    assert out[:, 0, 0].max() == 0
+    np.testing.assert_array_equal(out[:, 3, 3], [0, 0, 0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_matches_the_oracle_with_volumes_gaps_and_any_row_order(size):
+    rng = np.random.default_rng(0)
+    volume = np.array([0] * 7 + [1] * 5)
+    slice_index = np.array([3, 4, 5, 6, 9, 10, 11, 0, 1, 2, 3, 4])  # volume 0 has a gap at 7-8
+    maps = rng.random((12, 3, 3)).astype(np.float32)
+    masks = rng.random((12, 3, 3)) > 0.2
+    expected = oracle(maps, masks, size, volume, slice_index)
+    np.testing.assert_array_equal(
+        median_across_slices(maps, masks, size, volume, slice_index), expected
+    )
+    order = rng.permutation(12)
+    shuffled = median_across_slices(
+        maps[order], masks[order], size, volume[order], slice_index[order]
+    )
+    np.testing.assert_array_equal(shuffled, expected[order])
+    # without volumes, the last slices of volume 0 and the first of volume 1 would mix
+    assert not np.array_equal(median_across_slices(maps, masks, size), expected)
+
+
+def test_size_one_is_the_identity_and_even_sizes_are_refused():
+    maps = np.random.default_rng(1).random((3, 2, 2)).astype(np.float32)
+    assert median_across_slices(maps, maps > 2, 1) is maps
+    with pytest.raises(FaeInputError, match="slice_median"):
+        TrainingConfig(slice_median=2)
