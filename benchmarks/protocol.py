@@ -6,7 +6,9 @@ evaluated after each stage on the selection patients and on the report patients 
 three-way split. Where the ``best`` preset changes FAE's map (fusion with intensity on FLAIR,
 the median across slices on T1), FAE's runs are also evaluated with those settings (refitted
 and calibrated on the run's healthy validation slices), as method ``fae+fusion`` /
-``fae+median3``: the learning curve of the ``best`` preset, whose training is FAE's own. Stage
+``fae+median3``: on FLAIR the learning curve of the ``best`` preset, whose training is FAE's
+own here (on T1 ``best`` trains with EfficientNet-Lite1: ``--config
+benchmarks/configs/levers/lite1.toml`` gives its curve). Stage
 by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
 leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``; at the end ``fae
 benchmark``'s own summary of the final runs (``results.md``, ``bars.png``..., and ``select/``)

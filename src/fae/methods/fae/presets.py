@@ -22,7 +22,7 @@ PAPER = {
 }
 # EfficientNet-Lite0 (ImageNet weights offline), frozen BatchNorm (features computed once),
 # standardised features, the median of the map over 3 neighbouring slices; on FLAIR fused with
-# the intensity evidence, on T1 not.
+# the intensity evidence; on T1 not fused, and with EfficientNet-Lite1 (measured on T1 only).
 _BEST = {
     **PAPER,
     "backbone": "efficientnet-lite0",
@@ -32,7 +32,11 @@ _BEST = {
 }
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"*": PAPER},
-    "best": {"t1": _BEST, "flair": {**_BEST, "fusion": "intensity"}, "*": _BEST},
+    "best": {
+        "t1": {**_BEST, "backbone": "efficientnet-lite1"},
+        "flair": {**_BEST, "fusion": "intensity"},
+        "*": _BEST,
+    },
 }
 
 
