@@ -75,10 +75,7 @@ def main() -> None:
     table = {name: _summary(rows) for name, rows in {**scores, "ensemble": ensemble}.items()}
     intensity = np.where(patients.masks, patients.images, 0)
     table["threshold"] = _summary([_score(patients, intensity)])
-    smoothed = median_across_slices(
-        intensity, patients.masks, 3, patients.subject, patients.slice_index
-    )
-    table["threshold-median3"] = _summary([_score(patients, smoothed)])
+    table["threshold-median3"] = _summary([_score(patients, _median3(patients, intensity))])
     result = {
         "modality": args.modality,
         "subjects": args.subjects,
@@ -96,19 +93,16 @@ def main() -> None:
 
 def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:
     base = est.predict(patients)
-    order = patients.slice_index
     flipped = est.predict(patients.images[:, :, ::-1].copy(), patients.masks[:, :, ::-1].copy())
     levers = {
         "base": base,
         **_fusions(est, healthy, patients, base),
         "product": np.where(patients.masks, base * patients.images, 0),
         "flip": np.where(patients.masks, (base + flipped[:, :, ::-1]) / 2, 0),
-        "median3": median_across_slices(base, patients.masks, 3, patients.subject, order),
+        "median3": _median3(patients, base),
         "erode2": np.where(_eroded(patients.masks, 2), base, 0),
     }
-    levers["fusion-median3"] = median_across_slices(
-        levers["fusion"], patients.masks, 3, patients.subject, order
-    )
+    levers["fusion-median3"] = _median3(patients, levers["fusion"])
     threshold, _ = est.thresholds(0.05)
     levers["components"] = _per_volume(patients, base, lambda v: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
@@ -128,6 +122,11 @@ def _fusions(
         "fusion": fused.predict(patients),
         "fusion-sum": np.where(patients.masks, surprisals.numpy(), 0),
     }
+
+
+def _median3(slices: SliceSet, maps: np.ndarray) -> np.ndarray:
+    """The median over each slice and its two neighbours (``slice_median = 3``)."""
+    return median_across_slices(maps, slices.masks, 3, slices.subject, slices.slice_index)
 
 
 def _per_volume(slices: SliceSet, maps: np.ndarray, fn) -> np.ndarray:

@@ -43,8 +43,6 @@ SPLIT = {"test_fraction": 0.35, "val_fraction": 0.1, "select_fraction": 0.15, "s
 CONFIG = Path(__file__).parent / "configs" / "lgg-cpu.toml"
 STAGES = (1000, 2000, 5000, 10_000)
 COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
-# map settings that the ``best`` preset may change on a trained FAE run, with the runs' values
-MAP_SETTINGS = {"fusion": "none", "slice_median": 1}
 
 
 def main() -> None:
@@ -98,8 +96,9 @@ def _stage(
             summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
             _record(out, method, seed, est.step_, subjects, summary, run)
     if method == PROPOSED:
-        best = method_class(method).preset("best", modality)
-        changes = {k: best[k] for k in MAP_SETTINGS if best[k] != MAP_SETTINGS[k]}
+        cls = method_class(method)
+        best, default = cls.preset("best", modality), cls.config_class()
+        changes = {k: best[k] for k in cls.MAP_SETTINGS if best[k] != getattr(default, k)}
         if changes and not _done(out, best_label(changes), seed, steps):
             _record_best(out, modality, seed, steps, run, changes, cache)
 

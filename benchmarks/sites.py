@@ -41,6 +41,7 @@ from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
+from fae.methods.registry import PROPOSED, method_class
 from fae.postprocess import median_across_slices
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "flagged")
@@ -59,8 +60,8 @@ def main() -> None:
     runs = runs[: args.seeds] if args.seeds else runs
     cache = default_cache_dir()
     rows: dict[str, dict[str, list[dict]]] = {}
-    preset = load_method(runs[0], progress=False).preset("best", "flair") if runs else {}
-    changes = {k: preset[k] for k in ("fusion", "slice_median")}
+    fae = method_class(PROPOSED)
+    changes = {k: fae.preset("best", "flair")[k] for k in fae.MAP_SETTINGS}
     steps = []
     for run in runs:
         est = load_method(run, progress=False)
@@ -73,7 +74,7 @@ def main() -> None:
             maps = {
                 "fae": (est.predict(scans), est.thresholds(0.05)[0]),
                 "best": (best.predict(scans), best.thresholds(0.05)[0]),
-                "best, site-calibrated": _at_site(best, scans, lambda m, healthy: m),
+                "best, site-calibrated": _at_site(best, scans, _calibrated),
             }
             if args.fine_tune:
                 tune = partial(_fine_tuned, steps=args.fine_tune, changes=changes)
@@ -101,23 +102,28 @@ def main() -> None:
 
 
 def _at_site(est, scans: SliceSet, adapt) -> tuple[np.ndarray, np.ndarray]:
-    """Maps of each scan by ``adapt(est, healthy)`` calibrated on the site's healthy slices
-    (the other scans' lesion-free slices, or its own for a one-scan site), and each pixel's
-    calibrated threshold."""
+    """Maps of each scan by ``adapt(est, healthy)``, an estimator calibrated on the site's
+    healthy slices (the other scans' lesion-free slices, or its own for a one-scan site), and
+    each pixel's calibrated threshold."""
     maps = np.zeros(scans.images.shape, np.float32)
     thresholds = np.zeros(len(scans), np.float32)
     n = len(scans.subject_ids)
     for i in range(n):
         own = scans.subject == i
-        healthy = scans.take(~own if n > 1 else own).lesion_free()
-        local = adapt(est, healthy).with_maps(healthy)
+        local = adapt(est, scans.take(~own if n > 1 else own).lesion_free())
         maps[own] = local.predict(scans.take(own))
         thresholds[own] = local.thresholds(0.05)[0]
     return maps, thresholds[:, None, None]
 
 
+def _calibrated(est, healthy: SliceSet):
+    """``est`` refitted and calibrated on ``healthy`` (``fae calibrate``)."""
+    return est.with_maps(healthy)
+
+
 def _fine_tuned(est, healthy: SliceSet, steps: int, changes: dict):
-    """``est`` fine-tuned ``steps`` steps on ``healthy`` with the ``best`` map settings."""
+    """``est`` fine-tuned ``steps`` steps on ``healthy`` with the ``best`` map settings, which
+    also fits and calibrates them there (``fae train --init``)."""
     params = {**est.config.to_dict(), **changes, "steps": steps, "checkpoint_every": steps}
     tuned = type(est)(prep=est.prep, device=est.device, progress=est.progress, **params)
     return tuned.fit(healthy, init=est)

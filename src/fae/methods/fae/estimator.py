@@ -50,13 +50,16 @@ class FAE(AnomalyMethod):
             c.fusion,
         )
 
+    # settings that change only the map of a trained model (see with_maps)
+    MAP_SETTINGS = ("fusion", "slice_median")
+
     def with_maps(self, healthy: SliceSet, **changes) -> FAE:
         """This trained model with other map settings (``fusion``, ``slice_median``), refitted
         and calibrated on ``healthy`` slices (a new estimator; this one is unchanged). The
         autoencoder is the same: these settings change only the map, so they can be tried on a
         run trained without them."""
         self._check_fitted()
-        unknown = set(changes) - {"fusion", "slice_median"}
+        unknown = set(changes) - set(self.MAP_SETTINGS)
         if unknown:
             raise FaeInputError(None, f"not a map setting: {', '.join(sorted(unknown))}")
         params = {**self.config.to_dict(), **changes}
