@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format benchmark clean
+.PHONY: install browser demo test lint format benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Chromium and ChromeDriver from Debian's packages, for the report's browser test (which is
+# skipped without them); needs root and apt-get, and says so when it cannot install them.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; } \
+	  || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium (needs root and apt-get): the browser test will be skipped"; fi
 
 demo: $(STAMP)
 	$(BIN)/fae demo --out demo-output

@@ -11,8 +11,8 @@ own here (on T1 ``best`` trains with EfficientNet-Lite1: ``--config
 benchmarks/configs/levers/lite1.toml`` gives its curve). Stage
 by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
 leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``; at the end ``fae
-benchmark``'s own summary of the final runs (``results.md``, ``bars.png``..., and ``select/``)
-is written there. Everything resumes: rerun the same command after an interruption.
+benchmark``'s own summary of the final runs (``results.md``, ``bars.png``, ``report.html``...,
+and ``select/``) is written there. Everything resumes: rerun the same command after an interruption.
 
     .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
         --out benchmark-output/protocol
@@ -34,6 +34,7 @@ from fae.data.slices import prepare_dataset
 from fae.io import atomic_path
 from fae.methods.base import load_method
 from fae.methods.registry import PROPOSED, method_class
+from fae.report import benchmark_report
 from fae.workflow import RunSpec, evaluate_run, train_or_resume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -71,6 +72,8 @@ def main() -> None:
         for subjects in ("select", "test"):
             summary = run_benchmark(data, out, methods, args.seeds, modality, stages[-1],
                                     overrides, prep, SPLIT, cache, subjects=subjects)  # fmt: skip
+            where = out if subjects == "test" else out / subjects
+            benchmark_report(out, where / "report.html", subjects)
         print(modality, json.dumps({m: {k: summary[m][k]["mean"] for k in METRICS}
                                     for m in summary}))  # fmt: skip
 
@@ -91,10 +94,10 @@ def _stage(
     if not _done(out, method, seed, steps):
         params = method_params(method, seed, steps, overrides.get(method, {}))
         spec = RunSpec(data, modality, method, params, prep, **SPLIT)
-        est = train_or_resume(spec, run, cache, announce=print)
+        train_or_resume(spec, run, cache, announce=print)
         for subjects in ("select", "test"):
             summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
-            _record(out, method, seed, est.step_, subjects, summary, run)
+            _record(out, method, seed, steps, subjects, summary, run)
     if method == PROPOSED:
         cls = method_class(method)
         best, default = cls.preset("best", modality), cls.config_class()
@@ -164,7 +167,10 @@ def _record(
 
 
 def _val_loss(run: Path, steps: int) -> str:
-    with (run / "train_log.csv").open(newline="") as fh:
+    path = run / "train_log.csv"
+    if not path.exists():  # a method without training
+        return ""
+    with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
             if int(row["step"]) == steps and row["val_loss"]:
                 return row["val_loss"]

@@ -5,7 +5,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from fae.data.slices import SliceSet
 from fae.evaluation import best_and_worst_slices, evaluate_maps, slice_scores
 from fae.methods.statistics import Threshold
-from fae.viz import save_slice_figure
+from fae.viz import overlay_rgb, save_slice_figure
 
 
 def toy_slices(n=6, size=16, seed=0) -> SliceSet:
@@ -47,7 +47,18 @@ def test_best_and_worst_and_figure(tmp_path):
     best, worst = best_and_worst_slices(s, maps, threshold=0.5, n=1, min_pixels=1)
     assert best[0] in (1, 3) and worst[0] == 4
     path = save_slice_figure(
-        s.images[[1, 4]], s.segs[[1, 4]], maps[[1, 4]], tmp_path / "f.png", ["b", "w"]
+        s.images[[1, 4]], s.segs[[1, 4]], maps[[1, 4]], tmp_path / "f.png", 0.5, 1.0, ["b", "w"]
     )
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size[0] > 100
+
+
+def test_map_pictures_use_the_calibrated_scale():
+    # maps between 0.7 and 0.95 with the healthy threshold at 0.7: below it the image stays
+    # grey, above it the colours spread over the whole scale (not one uniform orange)
+    image = np.full((1, 4), 0.5, np.float32)
+    amap = np.array([[0.5, 0.69, 0.75, 0.95]], np.float32)
+    rgb = overlay_rgb(image, amap, vmin=0.7, vmax=0.95)
+    np.testing.assert_array_equal(rgb[0, :2], 0.5)
+    assert not np.allclose(rgb[0, 2:], 0.5)
+    assert rgb[0, 3, 1] - rgb[0, 2, 1] > 0.4  # red at the threshold, yellow at the top

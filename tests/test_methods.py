@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -229,6 +230,15 @@ def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp
         assert (out / figure).stat().st_size > 10_000
     metrics = json.loads((out / "runs/fae/seed1/eval/metrics.json").read_text())
     assert metrics["steps"] == 2
+    # the whole comparison in one page: each method's map (seed 0) on its own calibrated scale
+    page = (out / "report.html").read_text()
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert [p["name"] for p in data["panels"]] == ["fae", "threshold", "ae-mse"]
+    for panel in data["panels"]:
+        scale = load_method(out / "runs" / panel["name"] / "seed0", progress=False).display_range()
+        assert (panel["vmin"], panel["vmax"]) == pytest.approx(scale)
+    subjects = metrics["n_subjects"]
+    assert len(data["scans"]) == subjects and "<h2>Per-patient Dice@5%FPR</h2>" in page
     # a second invocation redoes nothing
     stamp = (out / "runs/fae/seed0/checkpoint.pt").stat().st_mtime_ns
     r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)

@@ -241,6 +241,13 @@ def format_markdown(summary: dict) -> str:
 
 
 def save_bars(summary: dict, path: Path) -> Path:
+    """``bars_figure`` as a PNG."""
+    with atomic_path(path) as tmp:
+        bars_figure(summary).savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def bars_figure(summary: dict) -> Figure:
     """Grouped bars: one group per metric, one bar per method, error bars = std over seeds."""
     methods = list(summary)
     figure = Figure(figsize=(2.2 + 1.9 * len(METRICS), 3.6))
@@ -259,13 +266,19 @@ def save_bars(summary: dict, path: Path) -> Path:
     ax.legend(fontsize=7, ncol=min(len(methods), 5), loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
+    return figure
 
 
 def save_pr_curves(runs: dict[str, list[dict]], path: Path) -> Path:
-    """Pixel precision-recall curves, mean over seeds (precision interpolated on a recall grid)."""
+    """``pr_curves_figure`` as a PNG."""
+    with atomic_path(path) as tmp:
+        pr_curves_figure(runs).savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def pr_curves_figure(runs: dict[str, list[dict]]) -> Figure:
+    """Pixel precision-recall curves, mean over seeds (precision interpolated on a recall grid);
+    ``runs``: each method's evaluation summaries (``metrics.json``), one per seed."""
     figure = Figure(figsize=(5.2, 4.2))
     FigureCanvasAgg(figure)
     ax = figure.subplots()
@@ -288,9 +301,7 @@ def save_pr_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
+    return figure
 
 
 def _colours(n: int) -> list:

@@ -57,7 +57,8 @@ def run_demo(
     )
     kinds = anomaly_kinds(data_dir)
     fae_maps = estimator.predict(slices)
-    threshold_maps = method_class("threshold")(progress=False).fit(slices).predict(slices)
+    threshold = method_class("threshold")(progress=False).fit(slices)
+    threshold_maps = threshold.predict(slices)
     results = {
         "steps": estimator.step_,
         "fae": evaluate_by_kind(
@@ -68,14 +69,14 @@ def run_demo(
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2))
     figures = []
-    for method, maps in (("fae", fae_maps), ("threshold", threshold_maps)):
+    for method, maps, est in (
+        ("fae", fae_maps, estimator),
+        ("threshold", threshold_maps, threshold),
+    ):
         path = out / f"{method}_slices.png"
         title = f"{method}, synthetic {MODALITY}: best and worst slices"
-        figures.append(
-            save_best_and_worst(
-                slices, maps, results[method]["all"]["threshold_at_fpr"], path, title
-            )
-        )
+        at = results[method]["all"]["threshold_at_fpr"]
+        figures.append(save_best_and_worst(slices, maps, at, path, title, est.display_range()))
     print(format_table(results))
     print(f"\nFAE trained {estimator.step_} steps; metrics: {out / 'metrics.json'}")
     for f in figures:

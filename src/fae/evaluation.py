@@ -7,12 +7,15 @@ normal and would make a 5 % FPR mean something else for every dataset).
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from fae.config import SLICE_SCORES
 from fae.data.slices import SliceSet
+from fae.errors import FaeInputError
+from fae.io import atomic_path
 from fae.metrics import PixelMetrics, per_subject_dice, slice_metrics
 from fae.runtime import chunks
 
@@ -136,3 +139,41 @@ def anomaly_kinds(root: Path) -> dict[str, str]:
         return {}
     with path.open(newline="") as fh:
         return {row["subject"]: row["kind"] for row in csv.DictReader(fh)}
+
+
+SLICE_MAPS = "maps.npz"  # the evaluated slices and their maps, in an evaluation folder
+
+
+def save_slice_maps(path: Path, slices: SliceSet, maps: np.ndarray) -> Path:
+    """Keep what ``fae report``'s slice browser shows: every evaluated slice (uint8), its
+    ground truth and brain mask, its map (float16) and where it came from, compressed."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez_compressed(
+            fh,
+            images=np.round(np.clip(slices.images, 0, 1) * 255).astype(np.uint8),
+            segs=slices.segs,
+            masks=slices.masks,
+            maps=maps.astype(np.float16),
+            subject=slices.subject.astype(np.int32),
+            slice_index=slices.slice_index.astype(np.int32),
+            subject_ids=np.asarray(slices.subject_ids, dtype=str),
+        )
+    return path
+
+
+def load_slice_maps(path: Path) -> tuple[SliceSet, np.ndarray]:
+    """The slices and maps that :func:`save_slice_maps` kept (images back in [0, 1])."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            slices = SliceSet(
+                data["images"].astype(np.float32) / 255,
+                data["segs"],
+                data["masks"],
+                data["subject"],
+                data["slice_index"],
+                tuple(str(s) for s in data["subject_ids"]),
+            )
+            maps = data["maps"].astype(np.float32)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise FaeInputError(path, f"cannot read the evaluated maps ({err})") from None
+    return slices, maps

@@ -147,8 +147,7 @@ class _Writer:
     ) -> None:
         self.estimator, self.out, self.fpr, self.batch_size = estimator, out, fpr, batch_size
         self.pixel_t, self.slice_t = estimator.thresholds(fpr)
-        healthy_max = float(estimator.calibration_.get("max", 0.0))
-        self.vmax = healthy_max if healthy_max > self.pixel_t * 1.05 else self.pixel_t * 1.5
+        _, self.vmax = estimator.display_range(fpr)
         self.rows: list[dict] = []
         self.failures = failures
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from fae.io import atomic_path
 
 _PANEL_INCHES = 2.0
+MAP_COLOURS = "autumn"  # anomaly maps, from the calibrated threshold (red) up (yellow)
 
 
 def save_montage(
@@ -99,12 +100,14 @@ def save_slice_figure(
     segs: np.ndarray,
     maps: np.ndarray,
     path: str | Path,
+    vmin: float,
+    vmax: float,
     labels: Sequence[str] | None = None,
     title: str = "",
-    vmax: float | None = None,
 ) -> Path:
     """Write a PNG with one row per slice: the image, the image with the ground truth in red,
-    and the anomaly map on ONE colour scale for all rows (``0..vmax``), with a colour bar.
+    and the anomaly map over the image where it reaches ``vmin``, on ONE colour scale
+    ``vmin..vmax`` for all rows (the run's calibrated scale), with a colour bar.
 
     ``images``, ``segs``, ``maps``: (n, H, W) prepared slices (RAS in-plane, shown anterior up).
     """
@@ -112,18 +115,17 @@ def save_slice_figure(
     if n == 0 or not (len(segs) == len(maps) == n):
         raise ValueError("save_slice_figure needs the same, non-zero number of images, segs, maps")
     labels = list(labels) if labels is not None else [""] * n
-    vmax = float(np.max(maps)) if vmax is None else vmax
+    vmax = max(vmax, vmin + 1e-6)
     figure = Figure(figsize=(3 * _PANEL_INCHES + 0.8, n * _PANEL_INCHES + 0.4), facecolor="black")
     FigureCanvasAgg(figure)
     axes = figure.subplots(n, 3, squeeze=False)
-    shown = None
     for row in range(n):
         image, seg, amap = (np.rot90(a[row]) for a in (images, segs, maps))
         axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
         axes[row, 1].imshow(image, cmap="gray", vmin=0, vmax=1)
         if seg.any():
             axes[row, 1].contour(seg.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
-        shown = axes[row, 2].imshow(amap, cmap="inferno", vmin=0, vmax=max(vmax, 1e-6))
+        axes[row, 2].imshow(overlay_rgb(image, amap, vmin, vmax), interpolation="nearest")
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -133,11 +135,29 @@ def save_slice_figure(
     figure.subplots_adjust(left=0.06, right=0.86, bottom=0.01, top=0.95, wspace=0.03, hspace=0.05)
     if title:
         figure.suptitle(title, color="white", fontsize=10)
-    bar = figure.colorbar(shown, cax=figure.add_axes((0.88, 0.1, 0.025, 0.8)))
+    bar = figure.colorbar(
+        ScalarMappable(Normalize(vmin, vmax), colormaps[MAP_COLOURS]),
+        cax=figure.add_axes((0.88, 0.1, 0.025, 0.8)),
+    )
+    bar.set_label("anomaly score (from the healthy threshold)", color="white", fontsize=7)
     bar.ax.tick_params(colors="white", labelsize=7)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100, facecolor=figure.get_facecolor())
     return Path(path)
+
+
+def map_colours(amap: np.ndarray, vmin: float, vmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """The colours of an anomaly map on the scale ``vmin..vmax`` (H, W, 3 in [0, 1]) and where
+    it is shown at all (H, W bool: the map reaches ``vmin``, the calibrated threshold)."""
+    colour = colormaps[MAP_COLOURS](Normalize(vmin, max(vmax, vmin + 1e-6))(amap))[..., :3]
+    return colour.astype(np.float32), amap >= vmin
+
+
+def overlay_rgb(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """A grey image in [0, 1] with the map blended in where it reaches ``vmin`` (H, W, 3)."""
+    gray = np.clip(image, 0, 1)[..., None].repeat(3, axis=2).astype(np.float32)
+    colour, shown = map_colours(amap, vmin, vmax)
+    return np.where(shown[..., None], 0.4 * gray + 0.6 * colour, gray)
 
 
 def save_overlay(
@@ -162,18 +182,12 @@ def save_overlay(
     labels = list(labels) if labels is not None else [""] * n
     vmax = max(vmax, vmin + 1e-6)
     # One montage image in one axes (24 axes of their own took 0.9 s of a 2-s prediction).
-    norm = Normalize(vmin, vmax)
-    cmap = colormaps["autumn"]
     height, width = images.shape[1:][::-1]  # rotated 90°
     rows = -(-n // columns)
     montage = np.zeros((rows * height, columns * width, 3), np.float32)
     for k in range(n):
-        gray = np.clip(np.rot90(images[k]), 0, 1)[..., None].repeat(3, axis=2)
-        amap = np.rot90(maps[k])
-        colour = cmap(norm(amap))[..., :3]
-        shown = (amap >= vmin)[..., None]
         r, c = divmod(k, columns)
-        cell = np.where(shown, 0.4 * gray + 0.6 * colour, gray)
+        cell = overlay_rgb(np.rot90(images[k]), np.rot90(maps[k]), vmin, vmax)
         montage[r * height : (r + 1) * height, c * width : (c + 1) * width] = cell
     figure = Figure(
         figsize=(columns * _PANEL_INCHES + 0.9, rows * _PANEL_INCHES + 0.4), facecolor="black"
@@ -189,7 +203,8 @@ def save_overlay(
     if title:
         figure.suptitle(title, color="white", fontsize=10)
     bar = figure.colorbar(
-        ScalarMappable(norm, cmap), cax=figure.add_axes((right + 0.01, 0.1, 0.015, 0.8))
+        ScalarMappable(Normalize(vmin, vmax), colormaps[MAP_COLOURS]),
+        cax=figure.add_axes((right + 0.01, 0.1, 0.015, 0.8)),
     )
     bar.set_label("anomaly score", color="white", fontsize=8)
     bar.ax.tick_params(colors="white", labelsize=7)

@@ -4,8 +4,8 @@ its thresholds on healthy scans.
 
 A run folder holds ``config.json`` (method, config, preprocessing and ``meta``: data, modality,
 split), ``train_log.csv`` and ``checkpoint.pt`` (with the calibrated thresholds); ``fae
-evaluate`` writes ``metrics.json``, ``per_subject.csv`` and a figure of the best and worst
-slices.
+evaluate`` writes ``metrics.json``, ``per_subject.csv``, ``maps.npz`` and a figure of the best
+and worst slices; ``fae report`` turns them into one HTML page.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from fae.data.preprocess import PrepConfig, with_brain_mask
 from fae.data.slices import SliceSet, prepare_dataset, split_subjects
 from fae.device import resolve_device
 from fae.errors import FaeInputError
-from fae.evaluation import anomaly_kinds, best_and_worst_slices, evaluate_by_kind, evaluate_maps
+from fae.evaluation import (
+    SLICE_MAPS,
+    anomaly_kinds,
+    best_and_worst_slices,
+    evaluate_by_kind,
+    evaluate_maps,
+    save_slice_maps,
+)
 from fae.io import atomic_path
 from fae.methods.base import AnomalyMethod, load_method
 from fae.methods.registry import PROPOSED, method_class
@@ -218,7 +225,8 @@ def evaluate_run(
     for choosing settings), ``"all"``, or ``"auto"`` (the run's test split when ``data`` is the
     data it was trained on, else every subject). ``brain_mask``
     replaces the run's brain-mask source, ``precision`` the arithmetic of its maps (``None``:
-    the run's). Writes ``metrics.json``, ``per_subject.csv`` and ``slices.png`` into ``out``.
+    the run's). Writes ``metrics.json``, ``per_subject.csv``, ``maps.npz`` (the slices and maps,
+    for ``fae report``) and ``slices.png`` into ``out``.
     """
     estimator = load_method(run, device=device, progress=progress, precision=precision)
     meta = estimator.meta
@@ -251,8 +259,12 @@ def evaluate_run(
         slices_per_second=len(slices) / max(seconds, 1e-9),
     )
     _write_evaluation(summary, per_subject, out)
+    save_slice_maps(out / SLICE_MAPS, slices, maps)
     title = f"{run.name}: best and worst slices"
-    save_best_and_worst(slices, maps, summary["threshold_at_fpr"], out / "slices.png", title)
+    save_best_and_worst(
+        slices, maps, summary["threshold_at_fpr"], out / "slices.png", title,
+        estimator.display_range(),
+    )  # fmt: skip
     return summary
 
 
@@ -313,9 +325,15 @@ def calibrate_run(
 
 
 def save_best_and_worst(
-    slices: SliceSet, maps: np.ndarray, threshold: float, path: Path, title: str
+    slices: SliceSet,
+    maps: np.ndarray,
+    threshold: float,
+    path: Path,
+    title: str,
+    scale: tuple[float, float],
 ) -> Path:
-    """A figure of the 3 best and 3 worst lesion slices (Dice at ``threshold``), one scale."""
+    """A figure of the 3 best and 3 worst lesion slices (Dice at ``threshold``), the maps on
+    the run's colour ``scale`` (:meth:`AnomalyMethod.display_range`)."""
     best, worst = best_and_worst_slices(slices, maps, threshold)
     rows = np.concatenate([best, worst])
     names = [f"best {i + 1}" for i in range(len(best))] + [
@@ -325,9 +343,8 @@ def save_best_and_worst(
         f"{name}\n{slices.subject_ids[slices.subject[r]]}\nz={slices.slice_index[r]}"
         for name, r in zip(names, rows, strict=True)
     ]
-    vmax = float(np.quantile(maps[slices.masks], 0.999)) if slices.masks.any() else 1.0
     return save_slice_figure(
-        slices.images[rows], slices.segs[rows], maps[rows], path, labels, title, vmax
+        slices.images[rows], slices.segs[rows], maps[rows], path, *scale, labels, title
     )
 
 

@@ -53,6 +53,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def benchmark(args: argparse.Namespace) -> int:
     from fae.benchmark import format_markdown, run_benchmark
     from fae.config import read_config_file
+    from fae.report import benchmark_report
 
     overrides = read_config_file(args.config) if args.config else {}
     loose = [k for k, v in overrides.items() if not isinstance(v, dict)]
@@ -84,5 +85,6 @@ def benchmark(args: argparse.Namespace) -> int:
         return 130
     print(format_markdown(summary))
     where = args.out if args.subjects == "test" else args.out / args.subjects
-    print(f"wrote {where / 'results.md'}, bars.png and pr_curves.png")
+    benchmark_report(args.out, where / "report.html", args.subjects)
+    print(f"wrote {where / 'results.md'}, bars.png, pr_curves.png and report.html")
     return 0

@@ -266,6 +266,14 @@ class AnomalyMethod:
             raise FaeInputError(None, f"--fpr {fpr:g} is not calibrated; this run has {have}")
         return float(calibration["pixel"][key]), float(calibration["slice"][key])
 
+    def display_range(self, fpr: float = 0.05) -> tuple[float, float]:
+        """The run's colour scale for every map picture: from the calibrated pixel threshold at
+        ``fpr`` (lower values are drawn as healthy) up to the highest healthy map value (or
+        1.5 × the threshold where that is barely above it), the same for every scan."""
+        low, _ = self.thresholds(fpr)
+        healthy_max = float(self.calibration_.get("max", 0.0))
+        return low, healthy_max if healthy_max > low * 1.05 else low * 1.5
+
     # --- prediction -----------------------------------------------------------------------
 
     def predict(
