@@ -109,3 +109,24 @@ def test_config_round_trip_and_key():
     # HD-BET's settings do not matter (nor enter cache keys) for the other sources
     assert PrepConfig(brain_mask="otsu", hd_bet_mode="accurate") == PrepConfig(brain_mask="otsu")
     assert PrepConfig(hd_bet_mode="accurate") != PrepConfig()
+
+
+@pytest.mark.parametrize("size_in", [240, 256, 200, 181, 130, 128, 97, 64])
+def test_resize_is_pytorchs_bilinear(size_in):
+    # the NumPy resize (so that prediction needs no torch) against PyTorch's own, shrinking
+    # with anti-aliasing and enlarging without, on images and on the binary masks it thresholds
+    import torch
+    import torch.nn.functional as F
+
+    from fae.data.preprocess import _resize
+
+    rng = np.random.default_rng(size_in)
+    for stack in (rng.random((3, size_in, size_in)), rng.random((3, size_in, size_in)) > 0.5):
+        stack = stack.astype(np.float32)
+        t = torch.from_numpy(stack)[:, None]
+        expected = F.interpolate(t, size=(128, 128), mode="bilinear", align_corners=False,
+                                 antialias=size_in > 128)[:, 0].numpy()  # fmt: skip
+        got = _resize(stack, 128)
+        assert got.dtype == np.float32 and got.shape == (3, 128, 128)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2.5e-7)
+        np.testing.assert_array_equal(got > 0.5, expected > 0.5)

@@ -120,5 +120,6 @@ def test_runs_record_their_precision(tmp_path, monkeypatch):
 
 def test_cli_choices_match_the_library():
     from fae.cli import PRECISION_CHOICES
+    from fae.config import PRECISIONS
 
-    assert list(runtime.PRECISIONS) == PRECISION_CHOICES
+    assert list(PRECISIONS) == PRECISION_CHOICES

@@ -26,6 +26,28 @@ def fpr_key(fpr: float) -> str:
     return f"{fpr:g}"
 
 
+def thresholds_at(calibration: dict | None, fpr: float = 0.05) -> tuple[float, float]:
+    """The calibrated (pixel, slice) thresholds at false-positive rate ``fpr``."""
+    if not calibration:
+        raise FaeInputError(
+            None, "the run has no calibrated thresholds: run `fae calibrate --run RUN --data DIR`"
+        )
+    key = fpr_key(fpr)
+    if key not in calibration["pixel"] or key not in calibration["slice"]:
+        have = ", ".join(sorted(calibration["pixel"], key=float))
+        raise FaeInputError(None, f"--fpr {fpr:g} is not calibrated; this run has {have}")
+    return float(calibration["pixel"][key]), float(calibration["slice"][key])
+
+
+def display_range(calibration: dict | None, fpr: float = 0.05) -> tuple[float, float]:
+    """A run's colour scale for every map picture: from the calibrated pixel threshold at
+    ``fpr`` (lower values are drawn as healthy) up to the highest healthy map value (or 1.5 ×
+    the threshold where that is barely above it), the same for every scan."""
+    low, _ = thresholds_at(calibration, fpr)
+    healthy_max = float(calibration.get("max", 0.0))
+    return low, healthy_max if healthy_max > low * 1.05 else low * 1.5
+
+
 def calibrate_thresholds(
     maps: np.ndarray,
     masks: np.ndarray,

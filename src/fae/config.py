@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 from fae.errors import FaeInputError
-from fae.runtime import PRECISIONS
+
+PRECISIONS = ("auto", "fp32", "bf16")  # the arithmetic of training and maps (fae.runtime)
+BATCH_SIZE = 64  # slices per batch of a pass without gradients (features, maps, losses)
 
 # slice score → the top fraction of a slice's brain pixels it averages (0: the maximum); the
 # score itself is fae.evaluation.slice_scores

@@ -17,7 +17,6 @@ from fae.data.slices import SliceSet
 from fae.errors import FaeInputError
 from fae.io import atomic_path
 from fae.metrics import PixelMetrics, per_subject_dice, slice_metrics
-from fae.runtime import chunks
 
 
 def slice_scores(maps: np.ndarray, masks: np.ndarray, kind: str = "top10") -> np.ndarray:
@@ -53,7 +52,8 @@ def evaluate_maps(
     if scores is None:
         scores = slice_scores(maps, slices.masks)
     pixel = PixelMetrics()
-    for part in chunks(len(slices), 256):
+    for start in range(0, len(slices), 256):
+        part = slice(start, start + 256)
         pixel.update(maps[part], slices.segs[part], mask=slices.masks[part])
     result = pixel.compute(max_fpr=max_fpr)
     labels = slices.slice_labels

@@ -14,11 +14,13 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from fae.calibration import intensity_warning
+from fae.config import BATCH_SIZE
 from fae.data.brainmask import BrainMask, brain_mask, has_geometry, voxel_ml
 from fae.data.discover import KNOWN_MODALITIES, Scan
 from fae.data.preprocess import (
@@ -31,9 +33,13 @@ from fae.data.preprocess import (
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
 from fae.io import atomic_path, atomic_paths, derived_header, save_nifti
-from fae.methods.base import AnomalyMethod
-from fae.runtime import BATCH_SIZE
 from fae.viz import save_overlay
+
+if TYPE_CHECKING:  # the prediction path imports no torch: an exported model runs without it
+    from fae.exported import ExportedModel
+    from fae.methods.base import AnomalyMethod
+
+    Predictor = AnomalyMethod | ExportedModel
 
 SCORE_COLUMNS = (
     "name",
@@ -64,7 +70,7 @@ class _Loaded:
 
 
 def predict_scans(
-    estimator: AnomalyMethod,
+    estimator: Predictor,
     scans: Sequence[Scan],
     out: Path,
     fpr: float = 0.05,
@@ -100,7 +106,7 @@ def predict_scans(
 
 def _load_all(
     scans: Sequence[Scan],
-    estimator: AnomalyMethod,
+    estimator: Predictor,
     prep: PrepConfig,
     cache_dir: Path | None,
     writer: _Writer,
@@ -139,7 +145,7 @@ class _Writer:
 
     def __init__(
         self,
-        estimator: AnomalyMethod,
+        estimator: Predictor,
         out: Path,
         fpr: float,
         batch_size: int,
@@ -221,7 +227,7 @@ class _Writer:
 
 
 def _load(
-    scan: Scan, estimator: AnomalyMethod, prep: PrepConfig, reference: dict, cache_dir: Path | None
+    scan: Scan, estimator: Predictor, prep: PrepConfig, reference: dict, cache_dir: Path | None
 ) -> _Loaded:
     volume = scan.image.load()
     given = scan.brainmask.load() if scan.brainmask is not None else None

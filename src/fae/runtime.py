@@ -23,13 +23,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from fae.config import BATCH_SIZE, PRECISIONS
 from fae.errors import FaeInputError
 
-PRECISIONS = ("auto", "fp32", "bf16")
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 # no mmap at all, and a trim threshold so high that freed memory stays with the process
 _TUNED = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-BATCH_SIZE = 64  # slices per batch of a pass without gradients (features, maps, losses)
 
 
 def resolve_precision(precision: str, device: torch.device, validated: bool = True) -> str:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from fae import __version__
-from fae.cli import benchmark, data, demo, evaluate, predict, report, train
+from fae.cli import benchmark, data, demo, evaluate, export, predict, report, train
 from fae.cli.options import BRAIN_MASK_CHOICES, PRECISION_CHOICES
 from fae.errors import FaeInputError
 
@@ -38,6 +38,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"fae {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (data, train, evaluate, predict, report, benchmark, demo):
+    for command in (data, train, evaluate, predict, report, export, benchmark, demo):
         command.add(sub)
     return p

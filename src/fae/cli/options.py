@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fae.errors import FaeInputError
 
-# fae.data.brainmask.MASK_SOURCES and fae.runtime.PRECISIONS, spelt out (tests check they match)
+# fae.data.brainmask.MASK_SOURCES and fae.config.PRECISIONS, spelt out (tests check they match)
 BRAIN_MASK_CHOICES = ["auto", "given", "hd-bet", "otsu", "nonzero"]
 PRECISION_CHOICES = ["auto", "fp32", "bf16"]
 

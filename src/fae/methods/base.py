@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from fae.calibration import calibrate_thresholds, fpr_key
+from fae.calibration import calibrate_thresholds, display_range, thresholds_at
 from fae.checkpoint import load_checkpoint, save_checkpoint, save_config
 from fae.config import TrainingConfig
 from fae.data.preprocess import PrepConfig
@@ -59,6 +59,8 @@ class AnomalyMethod:
     config_class: ClassVar[type[TrainingConfig]] = TrainingConfig
     learns: ClassVar[bool] = True  # False: no gradient training (fit_statistics only)
     bf16_validated: ClassVar[bool] = False
+    # why the map cannot be exported to ONNX (fae export), where it cannot; "" where it can
+    export_problem: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -254,25 +256,11 @@ class AnomalyMethod:
 
     def thresholds(self, fpr: float = 0.05) -> tuple[float, float]:
         """The calibrated (pixel, slice) thresholds at false-positive rate ``fpr``."""
-        calibration = getattr(self, "calibration_", None)
-        if not calibration:
-            raise FaeInputError(
-                None,
-                "the run has no calibrated thresholds: run `fae calibrate --run RUN --data DIR`",
-            )
-        key = fpr_key(fpr)
-        if key not in calibration["pixel"] or key not in calibration["slice"]:
-            have = ", ".join(sorted(calibration["pixel"], key=float))
-            raise FaeInputError(None, f"--fpr {fpr:g} is not calibrated; this run has {have}")
-        return float(calibration["pixel"][key]), float(calibration["slice"][key])
+        return thresholds_at(getattr(self, "calibration_", None), fpr)
 
     def display_range(self, fpr: float = 0.05) -> tuple[float, float]:
-        """The run's colour scale for every map picture: from the calibrated pixel threshold at
-        ``fpr`` (lower values are drawn as healthy) up to the highest healthy map value (or
-        1.5 × the threshold where that is barely above it), the same for every scan."""
-        low, _ = self.thresholds(fpr)
-        healthy_max = float(self.calibration_.get("max", 0.0))
-        return low, healthy_max if healthy_max > low * 1.05 else low * 1.5
+        """The run's colour scale for every map picture (:func:`fae.calibration.display_range`)."""
+        return display_range(getattr(self, "calibration_", None), fpr)
 
     # --- prediction -----------------------------------------------------------------------
 

@@ -33,11 +33,11 @@ def blur_matrix(n: int, size: int = 5, sigma: float = 1.5) -> Tensor:
     ``B_H @ x @ B_W.T``: two small matrix products, much faster on CPUs than a depthwise
     convolution over hundreds of feature channels, and exactly the same result.
     """
-    g = gaussian_1d(size, sigma)
+    g = gaussian_1d(size, sigma).tolist()  # plain numbers: constants in an exported graph
     half = size // 2
     b = torch.zeros(n, n, dtype=torch.float64)
     for offset in range(-half, half + 1):
-        b += torch.diag(torch.full((n - abs(offset),), float(g[offset + half])), offset)
+        b += torch.diag(torch.full((n - abs(offset),), g[offset + half]), offset)
     return b.float()
 
 
@@ -62,7 +62,9 @@ def ssim_map(
         x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
         if per_slice is None:
             needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-            per_slice = not needs_grad and x.device.type == "cpu"
+            # (not while exporting: a loop over the batch would be unrolled at its traced size)
+            exporting = torch.compiler.is_exporting()
+            per_slice = not needs_grad and x.device.type == "cpu" and not exporting
         if not per_slice:
             return _ssim_map(x, y, window_size, sigma, c1, c2)
         out = torch.empty_like(x)

@@ -49,9 +49,12 @@ class TailSurprisal(nn.Module):
 
     def forward(self, v: Tensor) -> Tensor:
         q, s = self.knots.to(v.dtype), self.surprisal.to(v.dtype)
-        if not bool(q[-1] > q[0]):
+        # (an export, of a calibrated run only, cannot branch on the knots' values)
+        if not torch.compiler.is_exporting() and not bool(q[-1] > q[0]):
             raise RuntimeError("the fusion's healthy distributions are not fitted: calibrate first")
-        i = torch.searchsorted(q, v.contiguous()).clamp(1, len(q) - 1)
+        # the segment of each value: how many knots lie below it (searchsorted, as plain
+        # comparisons, which ONNX has)
+        i = (v.unsqueeze(-1) > q).sum(-1).clamp(1, len(q) - 1)
         q0, q1, s0, s1 = q[i - 1], q[i], s[i - 1], s[i]
         inside = s0 + (v.clamp_min(q[0]) - q0) * (s1 - s0) / (q1 - q0)
         # beyond the highest knot: the slope from the 99th percentile up, robust to tied knots

@@ -20,6 +20,7 @@ class RandomMaps(AnomalyMethod):
     name = "random"
     config_class = StatisticsConfig
     learns = False
+    export_problem = "its maps are random numbers, not a network to export"
 
     def build(self, load_weights: bool = True) -> MapModule:
         return RandomModule(self.config.seed)

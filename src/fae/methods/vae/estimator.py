@@ -20,6 +20,7 @@ class VAE(AnomalyMethod):
 
     name = "vae"
     config_class = VAEConfig
+    export_problem = "its map needs autograd (the gradient of the KL term), which ONNX has not"
 
     def build(self, load_weights: bool = True) -> MapModule:
         c = self.config
