@@ -527,7 +527,7 @@ img.figure { max-width: 100%; }
 .controls { display: flex; flex-wrap: wrap; gap: 1em; align-items: center; margin-bottom: 0.6em; }
 .controls input[type=range]#slice { width: 260px; }
 #panels { display: flex; flex-wrap: wrap; gap: 12px; }
-.panel { width: 300px; }
+.panel { width: 270px; }
 .panel .name { font-weight: 600; margin-bottom: 3px; }
 .stack { position: relative; width: 100%; background: #000; }
 .stack img { display: block; width: 100%; }
