@@ -1,8 +1,10 @@
 """The command line: real subprocesses, as a user runs them."""
 
+import gzip
 import subprocess
 import sys
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -49,6 +51,15 @@ def test_prepare_then_cached(flat_dataset, tmp_path):
     assert len(list((tmp_path / "c").rglob("*.npz"))) == 4
 
 
+def huge_header(path):
+    """A NIfTI file whose header claims 30000 x 30000 x 30000 voxels (it holds 5 x 5 x 5)."""
+    write_nifti(path, np.ones((5, 5, 5), np.float32))
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[42:48] = np.array([30000] * 3, np.int16).tobytes()  # dim[1..3]
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -78,6 +89,17 @@ def test_prepare_then_cached(flat_dataset, tmp_path):
         (
             lambda d: (d / "a_flair.nii.gz").write_bytes(b"\x1f\x8b garbage") and d,
             "cannot read NIfTI",
+        ),
+        (lambda d: huge_header(d / "a_flair.nii.gz") and d, "voxels, more than fae reads"),
+        (
+            lambda d: (
+                nib.save(
+                    nib.Nifti1Image(np.ones((5, 5, 5), np.complex64), np.eye(4)),
+                    d / "a_flair.nii.gz",
+                ),  # fmt: skip
+                d,
+            )[-1],
+            "complex-valued data",
         ),
     ],
 )

@@ -11,6 +11,8 @@ import torch
 from fae.cli import main
 from fae.data.synthetic import make_synthetic
 
+from conftest import head, write_nifti
+
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
@@ -195,3 +197,18 @@ def test_fine_tuning_from_the_command_line_records_where_it_started(tiny_data, t
     assert saved["config"]["hidden"] == [16, 32] and saved["config"]["steps"] == 2
     assert saved["meta"]["split"]["test_fraction"] == 0.0, "every site scan trains or calibrates"
     assert saved["prep"]["size"] == 64
+
+
+def test_train_with_no_usable_slices_says_why(tmp_path):
+    data = tmp_path / "lesions"
+    for k in range(4):
+        image, _, brain = head(seed=k)
+        write_nifti(data / f"s{k}_t1.nii.gz", image)
+        write_nifti(data / f"s{k}_seg.nii.gz", brain)  # a lesion that fills the brain
+    r = fae("train", "--method", "threshold", "--data", data, "--out", tmp_path / "run",
+            "--size", "32", "--brain-mask", "nonzero", "--cache-dir", tmp_path / "c")  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"fae: error: {data}: no usable training slices in the 1 training ")
+    assert "of their brain slices have lesions" in line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

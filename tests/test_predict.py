@@ -337,3 +337,23 @@ def test_output_names_stay_unique():
     source = NiftiSource(Path("x.nii.gz"))
     scans = [Scan(n, source) for n in ("a", "a", "a_2", "b")]
     assert [s.name for s in unique_names(scans)] == ["a", "a_2", "a_2_2", "b"]
+
+
+def test_scans_that_share_a_file_name_are_named_after_their_folders(tmp_path):
+    # BraTS-style inputs: the subject is the folder, every file is called FLAIR
+    from fae.data.discover import collect_scans
+
+    image = head(shape=(16, 16, 8))[0]
+    files = [tmp_path / "patient19" / "FLAIR.nii.gz", tmp_path / "patient26" / "FLAIR.nii.gz",
+             tmp_path / "a" / "p1" / "FLAIR.nii.gz", tmp_path / "b" / "p1" / "FLAIR.nii.gz",
+             tmp_path / "other" / "T1.nii.gz"]  # fmt: skip
+    for path in files:
+        write_nifti(path, image)
+    scans, failures = collect_scans(files, "flair")
+    assert not failures
+    assert [s.name for s in scans] == [
+        "patient19_FLAIR", "patient26_FLAIR", "a_p1_FLAIR", "b_p1_FLAIR", "T1"
+    ]  # fmt: skip
+    # the same file given twice has nothing to tell it apart but a number
+    scans, _ = collect_scans([files[-1], files[-1]], "t1")
+    assert [s.name for s in scans] == ["T1", "T1_2"]

@@ -72,3 +72,28 @@ def test_slice_stack_reads_channel_in_order(tmp_path):
         SliceStackSource(tuple(paths), channel=None).load()
     with pytest.raises(FaeInputError, match="out of range"):
         SliceStackSource(tuple(paths), channel=5).load()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path, suffix):
+    path = write_nifti(tmp_path / f"huge{suffix}", np.zeros((4, 4, 4), np.float32))
+    raw = path.read_bytes()
+    raw = bytearray(gzip.decompress(raw) if suffix == ".nii.gz" else raw)
+    raw[42:48] = np.array([30000] * 3, np.int16).tobytes()  # dim[1..3]: what a damaged header says
+    path.write_bytes(gzip.compress(bytes(raw)) if suffix == ".nii.gz" else bytes(raw))
+    with pytest.raises(FaeInputError, match=r"30000 x 30000 x 30000 = 27,000,000,000,000 voxels"):
+        load_nifti(path)
+
+
+def test_uncompressed_data_shorter_than_its_header_claims(tmp_path):
+    path = write_nifti(tmp_path / "short.nii", np.ones((8, 8, 8), np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(FaeInputError, match="bytes of image data, the file holds"):
+        load_nifti(path)
+
+
+def test_complex_data_is_refused(tmp_path):
+    path = tmp_path / "complex.nii.gz"
+    nib.Nifti1Image(np.ones((4, 4, 4), np.complex64), np.eye(4)).to_filename(path)
+    with pytest.raises(FaeInputError, match=r"complex-valued data \(complex64\)"):
+        load_nifti(path)

@@ -203,8 +203,19 @@ def _training_slices(
     )
     meta["intensity"] = intensity_reference(train.intensity)
     meta["brain_masks"] = dict(Counter(train.mask_methods + val.mask_methods))
+    prepared = len(train)
     if estimator.config.train_slices == "lesion-free":
         train = train.lesion_free()
+    if len(train) == 0:
+        why = (
+            f"all {prepared} of their brain slices have lesions (training uses lesion-free "
+            "slices; --train-slices masked uses every slice)"
+            if prepared
+            else "no brain slices in any of them"
+        )
+        n = len(meta["splits"]["train"])
+        subjects = f"{n} training subject{'s' if n != 1 else ''}"
+        raise FaeInputError(dataset.root, f"no usable training slices in the {subjects}: {why}")
     return train, val.lesion_free()  # validation: healthy slices, for its loss and thresholds
 
 

@@ -330,17 +330,20 @@ def collect_scans(
 ) -> tuple[list[Scan], list[tuple[str, str]]]:
     """NIfTI files, dataset folders and datalists → scans (each subject's ``modality`` image, or
     its only image when ``modality`` is empty or missing). Output names are the file's name
-    without extension, or the subject id, made unique with ``_2``, ``_3``...
+    without extension, or the subject id, made unique by the folders they come from
+    (:func:`unique_names`).
 
     Returns the scans and ``(input, problem)`` for inputs that cannot be used.
     """
     scans: list[Scan] = []
+    places: list[tuple[str, ...]] = []  # the folders each scan comes from, nearest first
     failures: list[tuple[str, str]] = []
     for path in map(Path, inputs):
         if not path.exists():
             failures.append((str(path), "no such file or folder"))
         elif path.is_file() and _is_nifti(path):
             scans.append(Scan(_stem(path), NiftiSource(path), modality=file_role(path)[1]))
+            places.append(_folders(path.parent))
         else:
             try:
                 dataset = discover(path, channels)
@@ -359,18 +362,52 @@ def collect_scans(
                         subject.id, images[key], subject.brainmask, key, subject.seg, subject.split
                     )
                 )
-    return unique_names(scans), failures
+                places.append(_folders(path if path.is_dir() else path.parent))
+    return unique_names(scans, places), failures
 
 
-def unique_names(scans: list[Scan]) -> list[Scan]:
-    """Make output names unique: a repeated name gets ``_2``, ``_3``... appended."""
+def unique_names(scans: list[Scan], places: Sequence[tuple[str, ...]] | None = None) -> list[Scan]:
+    """Make output names unique. Scans that share a name are told apart by the folders they
+    come from (``places``, nearest first), as few as it takes: ``patient19/FLAIR.nii.gz`` and
+    ``patient26/FLAIR.nii.gz`` become ``patient19_FLAIR`` and ``patient26_FLAIR``,
+    ``a/p1/FLAIR.nii.gz`` and ``b/p1/FLAIR.nii.gz`` ``a_p1_FLAIR`` and ``b_p1_FLAIR``; a name
+    still repeated (the same file twice) gets ``_2``, ``_3``... appended."""
+    names = [scan.name for scan in scans]
+    places = list(places) if places is not None else [()] * len(scans)
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    for name, members in groups.items():
+        distinct = {places[i] for i in members}
+        if len(distinct) < 2:
+            continue  # nothing to tell them apart by
+        depth = dict.fromkeys(members, 1)  # the nearest folder first, more where it collides
+        while True:
+            label = {i: places[i][: depth[i]] for i in members}
+            grow = [
+                i
+                for i in members
+                if depth[i] < len(places[i])
+                and any(label[j] == label[i] and places[j] != places[i] for j in members)
+            ]
+            if not grow:
+                break
+            for i in grow:
+                depth[i] += 1
+        for i in members:
+            names[i] = "_".join([*reversed(label[i]), name])
     used: set[str] = set()
     unique = []
-    for scan in scans:
-        name, count = scan.name, 1
+    for scan, base in zip(scans, names, strict=True):
+        name, count = base, 1
         while name in used:
             count += 1
-            name = f"{scan.name}_{count}"
+            name = f"{base}_{count}"
         used.add(name)
         unique.append(replace(scan, name=name))
     return unique
+
+
+def _folders(folder: Path) -> tuple[str, ...]:
+    """The names of ``folder`` and the folders above it, nearest first."""
+    return tuple(part for part in reversed(folder.resolve().parts) if part not in ("/", ""))

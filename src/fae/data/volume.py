@@ -16,6 +16,10 @@ from PIL import Image
 
 from fae.errors import FaeInputError
 
+# the most voxels a volume may have (2^30: 4 GiB as float32, 64 scans of 256^3): a header that
+# claims more is refused before anything is read
+MAX_VOXELS = 2**30
+
 
 @dataclass(frozen=True)
 class Volume:
@@ -101,7 +105,8 @@ def load_nifti(path: str | Path) -> Volume:
     if not path.is_file():
         raise FaeInputError(path, "file not found")
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # the header only: check what it claims before reading data
+        _check_claims(path, image)
         data = np.asarray(image.dataobj, dtype=np.float32)
     except (
         OSError,
@@ -124,6 +129,28 @@ def load_nifti(path: str | Path) -> Volume:
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise FaeInputError(path, "degenerate affine (a voxel axis of zero length or NaN)")
     return Volume(data, affine, image.header, str(path))
+
+
+def _check_claims(path: Path, image: nib.filebasedimages.FileBasedImage) -> None:
+    """Refuse, before anything is allocated, complex data and a header that claims more voxels
+    than fae reads or (uncompressed) more bytes than the file holds."""
+    dtype = np.dtype(image.get_data_dtype())
+    if dtype.kind == "c":
+        raise FaeInputError(path, f"complex-valued data ({dtype}): give a magnitude image")
+    voxels = int(np.prod(image.shape, dtype=np.float64))
+    if voxels > MAX_VOXELS:
+        shape = " x ".join(map(str, image.shape))
+        raise FaeInputError(
+            path, f"header claims {shape} = {voxels:,} voxels, more than fae reads ({MAX_VOXELS:,})"
+        )
+    if not str(path).endswith(".gz"):
+        offset = getattr(image.dataobj, "offset", None)  # where the reader will start
+        needed = int(offset or image.header.get_data_offset()) + voxels * dtype.itemsize
+        have = path.stat().st_size
+        if have < needed:
+            raise FaeInputError(
+                path, f"header claims {needed:,} bytes of image data, the file holds {have:,}"
+            )
 
 
 def check_same_grid(image: Volume, other: Volume, what: str) -> None:
