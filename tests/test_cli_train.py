@@ -212,3 +212,40 @@ def test_train_with_no_usable_slices_says_why(tmp_path):
     assert line.startswith(f"fae: error: {data}: no usable training slices in the 1 training ")
     assert "of their brain slices have lesions" in line
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_two_processes_never_write_into_one_folder(tiny_data, tmp_path):
+    from fae.errors import FaeInputError
+    from fae.io import folder_lock
+
+    run = tmp_path / "run"
+    args = ("train", "--method", "threshold", "--data", tiny_data, "--out", run, "--size", "32",
+            "--cache-dir", tmp_path / "c")  # fmt: skip
+    with folder_lock(run):
+        r = fae(*args)
+        assert r.returncode == 2, r.stderr
+        assert f"fae: error: {run}: in use by another fae process (pid" in r.stderr
+    assert not run.exists(), "a folder that held nothing but the lock is removed"
+    r = fae(*args)
+    assert r.returncode == 0 and (run / "checkpoint.pt").exists(), r.stderr
+    predictions = tmp_path / "predictions"
+    with folder_lock(predictions):
+        r = fae("predict", "--run", run, "--out", predictions, tiny_data)
+        assert r.returncode == 2 and "in use by another fae process" in r.stderr, r.stderr
+        assert not (predictions / "scores.csv").exists()
+    # a process killed with SIGKILL while holding the lock leaves no stale lock behind
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fae.io import folder_lock; "
+         "lock = folder_lock(sys.argv[1]); lock.__enter__(); print('held', flush=True); "
+         "time.sleep(120)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FaeInputError, match="in use by another fae process"), folder_lock(run):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(run):
+        pass

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from fae.errors import FaeInputError
+
+LOCK_NAME = ".fae.lock"
 
 
 @contextlib.contextmanager
@@ -70,3 +76,38 @@ def derived_header(header: nib.Nifti1Header | None, description: str) -> nib.Nif
     header["cal_min"] = header["cal_max"] = 0
     header["descrip"] = description.encode()[:79]
     return header
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder``'s lock while a run trains or predictions are written into it, so that two
+    fae processes never interleave their outputs there: the second gets one line naming the
+    first. The lock is an advisory ``flock`` on ``.fae.lock``, which the system releases when
+    the process ends, however it ends (a killed process leaves no stale lock). A folder made
+    here and left with nothing but the lock in it is removed again."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = (folder / LOCK_NAME).open("a+")
+    except OSError as err:
+        raise FaeInputError(folder, f"cannot write here ({err.strerror or err})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FaeInputError(
+                folder, f"in use by another fae process ({holder}): wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield folder
+    finally:
+        handle.close()  # releases the lock
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+            folder.rmdir()

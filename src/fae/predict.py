@@ -32,7 +32,7 @@ from fae.data.preprocess import (
 )
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
-from fae.io import atomic_path, atomic_paths, derived_header, save_nifti
+from fae.io import atomic_path, atomic_paths, derived_header, folder_lock, save_nifti
 from fae.viz import save_overlay
 
 if TYPE_CHECKING:  # the prediction path imports no torch: an exported model runs without it
@@ -87,9 +87,25 @@ def predict_scans(
     ``brain_mask_source`` replaces the run's own (e.g. ``"hd-bet"`` for scans without the mask
     files a ``"given"`` run was trained with).
     """
+    with folder_lock(out):  # one process writes into a folder at a time
+        return _predict_scans(
+            estimator, scans, out, fpr, batch_size, progress, failures, cache_dir, brain_mask_source
+        )
+
+
+def _predict_scans(
+    estimator: Predictor,
+    scans: Sequence[Scan],
+    out: Path,
+    fpr: float,
+    batch_size: int,
+    progress: bool,
+    failures: list[tuple[str, str]] | None,
+    cache_dir: Path | None,
+    brain_mask_source: str | None,
+) -> tuple[list[dict], list[tuple[str, str]]]:
     prep = with_brain_mask(estimator.prep, brain_mask_source)
     writer = _Writer(estimator, out, fpr, batch_size, list(failures or []))
-    out.mkdir(parents=True, exist_ok=True)
     quiet = estimator.progress
     estimator.progress = False  # one bar over scans, not one per batch
     bar = tqdm(total=len(scans), desc="predicting", unit="scan", disable=not progress)

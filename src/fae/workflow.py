@@ -34,7 +34,7 @@ from fae.evaluation import (
     evaluate_maps,
     save_slice_maps,
 )
-from fae.io import atomic_path
+from fae.io import atomic_path, folder_lock
 from fae.methods.base import AnomalyMethod, load_method
 from fae.methods.registry import PROPOSED, method_class
 from fae.viz import save_slice_figure
@@ -100,9 +100,20 @@ def train_or_resume(
     """The trained run of ``spec`` in ``out``: trained afresh, or continued where it stopped
     (exactly), or extended to ``spec.params["steps"]`` if that is more than it has, or loaded
     when it is finished. A run folder with other settings is an error. ``announce`` hears what
-    is about to happen, when anything is."""
-    say = announce or (lambda message: None)
+    is about to happen, when anything is. Holds ``out``'s lock (:func:`fae.io.folder_lock`)
+    while it works."""
     resolve_device(spec.device)  # a missing GPU is an error even for a finished run
+    with folder_lock(out):
+        return _train_or_resume(spec, out, cache_dir, progress, announce or (lambda _: None))
+
+
+def _train_or_resume(
+    spec: RunSpec,
+    out: Path,
+    cache_dir: Path | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> AnomalyMethod:
     if (out / "checkpoint.pt").exists():
         est = load_method(out, device=spec.device, progress=progress)
         _check_same_run(est, spec, out)
