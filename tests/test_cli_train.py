@@ -84,8 +84,17 @@ def test_train_then_evaluate(tiny_data, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
+    # the command's numbers are the library's, for the run's test subjects
+    from fae.data.discover import discover
+    from fae.data.slices import prepare_dataset
+    from fae.methods.base import load_method
+
+    est = load_method(run, progress=False)
+    test = prepare_dataset(discover(tiny_data), "t1", est.prep, tmp_path / "cache",
+                           meta["splits"]["test"], False)  # fmt: skip
+    expected, _ = est.evaluate(test)
     for key in ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "slice_ap", "n_slices"):
-        assert key in metrics
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
     assert metrics["subjects"] == meta["splits"]["test"]
     assert (out / "per_subject.csv").read_text().startswith("subject,slices,lesion_slices")
     assert (out / "slices.png").stat().st_size > 1000
