@@ -159,6 +159,9 @@ def test_vae_map_is_the_kl_gradient_weighted_residual(slices):
     maps = est.predict(slices[24:26])
     residual = ((x - reconstruction.detach()) ** 2)[:, 0].numpy()
     assert (maps <= residual * 1.0001 + 1e-7).all(), "the weight lies in [0, 1]"
+    share = maps.sum() / residual.sum()
+    print(f"VAE map / residual: {share:.3f}")
+    assert (maps >= 0).all() and share > 0.05, "and is not zero: it keeps a share of the residual"
 
 
 def test_method_params_give_fanogan_half_the_budget_and_overrides_win():

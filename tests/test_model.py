@@ -47,7 +47,13 @@ def healthy():
 
 def test_paper_architecture_shapes_and_size():
     ae = FeatureAutoencoder(256)
-    assert sum(p.numel() for p in ae.parameters()) == pytest.approx(8.04e6, rel=0.01)
+    # the paper's layers, counted: 5x5 convolutions and 6x6 transposed ones without bias,
+    # BatchNorm (2 per channel) after each, and the final 1x1 convolution (256 x 256)
+    widths = [256, 100, 150, 200, 300]
+    pairs = list(zip(widths[:-1], widths[1:], strict=True))
+    encoder = sum(a * b * 25 + 2 * b for a, b in pairs)
+    decoder = sum(b * a * 36 + 2 * a for a, b in pairs)
+    assert sum(p.numel() for p in ae.parameters()) == encoder + decoder + 256 * 256 == 8_035_048
     assert ae(torch.randn(2, 256, 32, 32)).shape == (2, 256, 32, 32)
     model = StructuralFAE(weights=None)
     x = torch.rand(2, 1, 128, 128)
