@@ -88,36 +88,20 @@ def predict_scans(
     files a ``"given"`` run was trained with).
     """
     with folder_lock(out):  # one process writes into a folder at a time
-        return _predict_scans(
-            estimator, scans, out, fpr, batch_size, progress, failures, cache_dir, brain_mask_source
-        )
-
-
-def _predict_scans(
-    estimator: Predictor,
-    scans: Sequence[Scan],
-    out: Path,
-    fpr: float,
-    batch_size: int,
-    progress: bool,
-    failures: list[tuple[str, str]] | None,
-    cache_dir: Path | None,
-    brain_mask_source: str | None,
-) -> tuple[list[dict], list[tuple[str, str]]]:
-    prep = with_brain_mask(estimator.prep, brain_mask_source)
-    writer = _Writer(estimator, out, fpr, batch_size, list(failures or []))
-    quiet = estimator.progress
-    estimator.progress = False  # one bar over scans, not one per batch
-    bar = tqdm(total=len(scans), desc="predicting", unit="scan", disable=not progress)
-    try:
-        loaded = _load_all(scans, estimator, prep, cache_dir, writer, bar)
-        for group in _groups(loaded, batch_size):
-            writer.write(group, bar)
-    finally:  # the scans written so far are listed even if something unexpected stopped us
-        bar.close()
-        estimator.progress = quiet
-        _write_scores(writer.rows, out / "scores.csv")
-    return writer.rows, writer.failures
+        prep = with_brain_mask(estimator.prep, brain_mask_source)
+        writer = _Writer(estimator, out, fpr, batch_size, list(failures or []))
+        quiet = estimator.progress
+        estimator.progress = False  # one bar over scans, not one per batch
+        bar = tqdm(total=len(scans), desc="predicting", unit="scan", disable=not progress)
+        try:
+            loaded = _load_all(scans, estimator, prep, cache_dir, writer, bar)
+            for group in _groups(loaded, batch_size):
+                writer.write(group, bar)
+        finally:  # the scans written so far are listed even if something unexpected stopped us
+            bar.close()
+            estimator.progress = quiet
+            _write_scores(writer.rows, out / "scores.csv")
+        return writer.rows, writer.failures
 
 
 def _load_all(

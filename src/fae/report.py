@@ -36,7 +36,7 @@ from fae.errors import FaeInputError
 from fae.evaluation import SLICE_MAPS, load_slice_maps
 from fae.io import atomic_path
 from fae.methods.base import AnomalyMethod, load_method
-from fae.viz import map_colours
+from fae.viz import grey_range, map_colours
 
 TRUTH_RGB = (0, 230, 255)  # the ground-truth outline: cyan, apart from the maps' red-yellow
 EXTRA_METRICS = {"slice_ap": "slice AP", "pixel_auroc": "pixel AUROC"}
@@ -163,8 +163,7 @@ def scans_from_slices(
             scan.images.append(_png(np.round(image * 255).astype(np.uint8)))
             scan.truth.append(_outline(np.rot90(slices.segs[k])))
             for p, (panel, m) in enumerate(zip(panels, maps, strict=True)):
-                shown = np.where(slices.masks[k], m[k], -np.inf)
-                scan.overlays[p].append(_overlay(np.rot90(shown), panel))
+                scan.overlays[p].append(_overlay(np.rot90(m[k]), np.rot90(slices.masks[k]), panel))
         lesion = slices.segs[rows].sum(axis=(1, 2))
         flagged = (maps[0][rows] >= panels[0].vmin).sum(axis=(1, 2)) if maps else lesion
         scan.start = int(np.argmax(lesion if lesion.any() else flagged))
@@ -192,7 +191,7 @@ def scans_from_predictions(pred_dir: Path, rows: list[dict], panel: Panel) -> li
         image, values, brain = (
             nib.orientations.apply_orientation(a, ornt) for a in (image, amap.data, brain)
         )
-        low, high = _grey_range(image[brain] if brain.any() else image)
+        low, high = grey_range(np.where(brain, image, 0))
         scan = BrowsedScan(f"{name} (predicted)", overlays=[[]])
         kept = [z for z in range(values.shape[2]) if brain[:, :, z].any()]
         for z in kept:
@@ -200,8 +199,9 @@ def scans_from_predictions(pred_dir: Path, rows: list[dict], panel: Panel) -> li
             scan.labels.append(f"z={z}")
             scan.images.append(_png(np.round(np.rot90(grey) * 255).astype(np.uint8)))
             scan.truth.append(None)
-            shown = np.where(brain[:, :, z], values[:, :, z], -np.inf)
-            scan.overlays[0].append(_overlay(np.rot90(shown), panel))
+            scan.overlays[0].append(
+                _overlay(np.rot90(values[:, :, z]), np.rot90(brain[:, :, z]), panel)
+            )
         if kept:
             flagged = [(values[:, :, z] >= panel.vmin).sum() for z in kept]
             scan.start = int(np.argmax(flagged))
@@ -215,14 +215,13 @@ def _png(array: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _overlay(amap: np.ndarray, panel: Panel) -> str:
-    """The map where it reaches the panel's threshold, in colour; transparent elsewhere."""
-    colour, shown = map_colours(
-        np.where(np.isfinite(amap), amap, panel.vmin - 1), panel.vmin, panel.vmax
-    )
+def _overlay(amap: np.ndarray, brain: np.ndarray, panel: Panel) -> str:
+    """The map where it reaches the panel's threshold inside the brain, in colour; transparent
+    elsewhere."""
+    colour, shown = map_colours(amap, panel.vmin, panel.vmax)
     rgba = np.zeros((*amap.shape, 4), np.uint8)
     rgba[..., :3] = np.round(colour * 255)
-    rgba[..., 3] = np.where(shown, 255, 0)
+    rgba[..., 3] = np.where(shown & brain, 255, 0)
     return _png(rgba)
 
 
@@ -233,13 +232,6 @@ def _outline(seg: np.ndarray) -> str | None:
     rgba = np.zeros((*seg.shape, 4), np.uint8)
     rgba[edge] = (*TRUTH_RGB, 255)
     return _png(rgba)
-
-
-def _grey_range(values: np.ndarray) -> tuple[float, float]:
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(values, [0.5, 99.5])
-    return float(low), max(float(high), float(low) + 1e-6)
 
 
 def _same_slices(a: SliceSet, b: SliceSet) -> bool:

@@ -59,7 +59,7 @@ def save_montage(
     for row, (volume, overlay, title) in enumerate(zip(volumes, overlays, titles, strict=True)):
         volume = np.asarray(volume)
         indices = per_row[row] if per_row[row] is not None else _content_slices(volume, n_slices)
-        low, high = _display_range(volume)
+        low, high = grey_range(volume)
         for column, index in enumerate(indices):
             ax = axes[row, column]
             ax.imshow(np.rot90(volume[:, :, index]), cmap="gray", vmin=low, vmax=high)
@@ -85,7 +85,7 @@ def _content_slices(volume: np.ndarray, n_slices: int) -> list[int]:
     return [int(round(p)) for p in positions]
 
 
-def _display_range(volume: np.ndarray) -> tuple[float, float]:
+def grey_range(volume: np.ndarray) -> tuple[float, float]:
     """A robust grey scale for a whole volume: 0.5 to 99.5 percentile of its non-zero voxels."""
     values = volume[volume != 0]
     if values.size == 0:
