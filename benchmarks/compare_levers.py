@@ -1,12 +1,12 @@
 """One table from several ``benchmarks/protocol.py`` outputs: the training-time levers.
 
-Each ``--out`` of protocol.py (the base settings, and one per lever config in
-``benchmarks/configs/levers/``) holds ``lgg-<modality>/curve.csv``; this prints, for one
-modality, stage (or every stage: the learning curve) and patient set (the selection patients
-by default: levers are chosen there), the mean ± std over seeds of each method of each:
+Each ``--results`` folder of protocol.py (``benchmarks/results/<name>``: the base settings, and
+one per lever config in ``benchmarks/configs/levers/``) holds ``lgg-<modality>/curve.csv``;
+this prints, for one modality, stage (or every stage: the learning curve) and patient set (the
+selection patients by default: levers are chosen there), the mean ± std over seeds of each
+method of each:
 
-    .venv/bin/python benchmarks/compare_levers.py --modality t1 --steps 1000 \
-        benchmark-output/protocol benchmark-output/levers/*
+    .venv/bin/python benchmarks/compare_levers.py --modality t1 --steps 1000 benchmarks/results/*
 """
 
 from __future__ import annotations

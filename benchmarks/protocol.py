@@ -3,16 +3,23 @@
 Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps
 by default — each stage extending the last (bit-identical to one uninterrupted run), and
 evaluated after each stage on the selection patients and on the report patients of the
-three-way split. Where the ``best`` preset changes FAE's map (fusion with intensity on FLAIR,
-the median across slices on T1), FAE's runs are also evaluated with those settings (refitted
-and calibrated on the run's healthy validation slices), as method ``fae+fusion`` /
+three-way split. The runs (checkpoints, evaluations, maps) go to ``--out``; every
+evaluation's numbers (summary, per-patient Dice, PR curve, validation loss) also go to
+``--results`` (default ``benchmarks/results/<name of --out>``, kept in the repository): that
+record is what a rerun skips by, and what the README's tables, bar charts and per-patient Dice
+are made from (``--summary`` writes them without training), so finished stages survive the
+loss of the run folders. Where the ``best`` preset changes FAE's map (fusion with intensity
+on FLAIR, the median across slices on T1), FAE's runs are also evaluated with those settings
+(refitted and calibrated on the run's healthy validation slices), as method ``fae+fusion`` /
 ``fae+median3``: on FLAIR the learning curve of the ``best`` preset, whose training is FAE's
 own here (on T1 ``best`` trains with EfficientNet-Lite1: ``--config
-benchmarks/configs/levers/lite1.toml`` gives its curve). Stage
-by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
-leaves comparable runs. The curve lands in ``OUT/lgg-<modality>/curve.csv``; at the end ``fae
-benchmark``'s own summary of the final runs (``results.md``, ``bars.png``, ``report.html``...,
-and ``select/``) is written there. Everything resumes: rerun the same command after an interruption.
+benchmarks/configs/levers/lite1.toml`` gives its curve). Stage by stage: every run reaches
+1,000 steps before any goes on to 2,000, so that an early stop
+leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``, the
+comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md`` with
+Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``); where every final run
+is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser) is written in
+``OUT/lgg-<modality>``. Everything resumes: rerun the same command after an interruption.
 
     .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
         --out benchmark-output/protocol
@@ -25,7 +32,9 @@ import csv
 import json
 from pathlib import Path
 
-from fae.benchmark import METRICS, method_params, run_benchmark
+import numpy as np
+
+from fae.benchmark import METRICS, method_params, run_benchmark, summarize, write_summary
 from fae.config import read_config_file
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
@@ -35,13 +44,14 @@ from fae.io import atomic_path
 from fae.methods.base import load_method
 from fae.methods.registry import PROPOSED, method_class
 from fae.report import benchmark_report
-from fae.workflow import RunSpec, evaluate_run, train_or_resume
+from fae.workflow import RunSpec, train_or_resume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The three-way split of issue 13, fixed by seed: report (test), healthy-slice training and
 # validation, and selection patients.
 SPLIT = {"test_fraction": 0.35, "val_fraction": 0.1, "select_fraction": 0.15, "split_seed": 0}
 CONFIG = Path(__file__).parent / "configs" / "lgg-cpu.toml"
+RESULTS = Path(__file__).parent / "results"
 STAGES = (1000, 2000, 5000, 10_000)
 COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
 
@@ -53,33 +63,43 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--stages", default=",".join(map(str, STAGES)))
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the run folders")
+    parser.add_argument(
+        "--results", type=Path, help="the numbers, kept (default: benchmarks/results/<out's name>)"
+    )
+    parser.add_argument("--summary", action="store_true", help="only write the comparison")
     args = parser.parse_args()
+    args.results = args.results or RESULTS / args.out.name
     modalities = args.modality.split(",")
     methods = args.methods.split(",")
     stages = [int(s) for s in args.stages.split(",")]
     overrides = read_config_file(args.config)
     cache = default_cache_dir()
     prep = PrepConfig()
-    for steps in stages:
+    for steps in [] if args.summary else stages:
         for seed in range(args.seeds):
             for modality in modalities:
                 for method in methods:
-                    _stage(args.out / f"lgg-{modality}", modality, method, seed, steps,
-                           overrides, prep, cache)  # fmt: skip
+                    _stage(args.out / f"lgg-{modality}", args.results / f"lgg-{modality}",
+                           modality, method, seed, steps, overrides, prep, cache)  # fmt: skip
     for modality in modalities:
-        data, out = SHARED / f"lgg-{modality}", args.out / f"lgg-{modality}"
+        results, out = args.results / f"lgg-{modality}", args.out / f"lgg-{modality}"
+        labels = _labels(results, methods)
         for subjects in ("select", "test"):
-            summary = run_benchmark(data, out, methods, args.seeds, modality, stages[-1],
-                                    overrides, prep, SPLIT, cache, subjects=subjects)  # fmt: skip
-            where = out if subjects == "test" else out / subjects
-            benchmark_report(out, where / "report.html", subjects)
-        print(modality, json.dumps({m: {k: summary[m][k]["mean"] for k in METRICS}
-                                    for m in summary}))  # fmt: skip
+            summary = write_comparison(results, labels, args.seeds, stages[-1], subjects)
+            print(modality, subjects, json.dumps({m: {k: round(summary[m][k]["mean"], 4)
+                                                  for k in METRICS} for m in summary}))  # fmt: skip
+            if not args.summary and _all_runs_at(out, methods, args.seeds):
+                data = SHARED / f"lgg-{modality}"
+                run_benchmark(data, out, methods, args.seeds, modality, stages[-1], overrides,
+                              prep, SPLIT, cache, subjects=subjects)  # fmt: skip
+                where = out if subjects == "test" else out / subjects
+                benchmark_report(out, where / "report.html", subjects)
 
 
 def _stage(
     out: Path,
+    results: Path,
     modality: str,
     method: str,
     seed: int,
@@ -91,19 +111,20 @@ def _stage(
     """One run trained (or extended) to ``steps`` and evaluated on both patient sets."""
     data = SHARED / f"lgg-{modality}"
     run = out / "runs" / method / f"seed{seed}"
-    if not _done(out, method, seed, steps):
+    if not _done(results, method, seed, steps):
         params = method_params(method, seed, steps, overrides.get(method, {}))
         spec = RunSpec(data, modality, method, params, prep, **SPLIT)
         train_or_resume(spec, run, cache, announce=print)
+        est = load_method(run, progress=False)
         for subjects in ("select", "test"):
-            summary = evaluate_run(run, data, run / f"eval-{subjects}-{steps}", subjects, cache)
-            _record(out, method, seed, steps, subjects, summary, run)
+            patients = _patients(est, subjects, cache)
+            _record(results, method, seed, steps, subjects, *est.evaluate(patients), run)
     if method == PROPOSED:
         cls = method_class(method)
         best, default = cls.preset("best", modality), cls.config_class()
         changes = {k: best[k] for k in cls.MAP_SETTINGS if best[k] != getattr(default, k)}
-        if changes and not _done(out, best_label(changes), seed, steps):
-            _record_best(out, modality, seed, steps, run, changes, cache)
+        if changes and not _done(results, best_label(changes), seed, steps):
+            _record_best(results, seed, steps, run, changes, cache)
 
 
 def best_label(changes: dict) -> str:
@@ -113,54 +134,80 @@ def best_label(changes: dict) -> str:
     return "+".join([PROPOSED, *(names[k](v) for k, v in changes.items())])
 
 
+def _labels(results: Path, methods: list[str]) -> list[str]:
+    """The compared rows: the methods, with FAE's ``best`` map settings beside FAE where the
+    curve has them."""
+    recorded = {r["method"] for r in _rows(results)}
+    extra = sorted(m for m in recorded if m.startswith(PROPOSED + "+") and PROPOSED in methods)
+    return [*methods, *extra]
+
+
+def _patients(est, subjects: str, cache: Path):
+    """The prepared slices of a run's ``subjects`` (``select``, ``test`` or ``val``)."""
+    dataset = discover(est.meta["data"])
+    ids = est.meta["splits"][subjects]
+    return prepare_dataset(dataset, est.meta["modality"], est.prep, cache, ids, False)
+
+
 def _record_best(
-    out: Path, modality: str, seed: int, steps: int, run: Path, changes: dict, cache: Path
+    results: Path, seed: int, steps: int, run: Path, changes: dict, cache: Path
 ) -> None:
     """FAE's run at ``steps`` with the map ``changes`` of the ``best`` preset (refitted and
     calibrated on the run's healthy validation slices) on both patient sets."""
     est = load_method(run, progress=False)
     if est.step_ != steps:  # a run already extended past this stage
         return
-    dataset = discover(est.meta["data"])
-    splits = est.meta["splits"]
-    val = prepare_dataset(dataset, modality, est.prep, cache, splits["val"], False)
-    best = est.with_maps(val.lesion_free(), **changes)
+    best = est.with_maps(_patients(est, "val", cache).lesion_free(), **changes)
     for subjects in ("select", "test"):
-        patients = prepare_dataset(dataset, modality, est.prep, cache, splits[subjects], False)
-        summary, _ = best.evaluate(patients)
-        _record(out, best_label(changes), seed, steps, subjects, summary, run)
+        summary, per_subject = best.evaluate(_patients(est, subjects, cache))
+        _record(results, best_label(changes), seed, steps, subjects, summary, per_subject, run)
 
 
-def _done(out: Path, method: str, seed: int, steps: int) -> bool:
-    path = out / "curve.csv"
+def _rows(results: Path) -> list[dict]:
+    path = results / "curve.csv"
     if not path.exists():
-        return False
+        return []
     with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def _done(results: Path, method: str, seed: int, steps: int) -> bool:
     key = (method, str(seed), str(steps))
-    return {r["subjects"] for r in rows if (r["method"], r["seed"], r["steps"]) == key} == {
-        "select",
-        "test",
-    }
+    found = {r["subjects"] for r in _rows(results) if (r["method"], r["seed"], r["steps"]) == key}
+    return found == {"select", "test"} and all(
+        _evaluation(results, method, seed, steps, s).exists() for s in found
+    )
+
+
+def _evaluation(results: Path, method: str, seed: int, steps: int, subjects: str) -> Path:
+    return results / method / f"seed{seed}" / f"{subjects}-{steps}.json"
 
 
 def _record(
-    out: Path, method: str, seed: int, steps: int, subjects: str, summary: dict, run: Path
+    results: Path,
+    method: str,
+    seed: int,
+    steps: int,
+    subjects: str,
+    summary: dict,
+    per_subject: list[dict],
+    run: Path,
 ) -> None:
-    """Append one row to ``curve.csv`` (rewritten atomically)."""
-    path = out / "curve.csv"
-    rows = []
-    if path.exists():
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    """Keep one evaluation: its JSON (summary with PR curve, per-patient Dice) and its row of
+    ``curve.csv`` (both rewritten atomically)."""
+    val_loss = _val_loss(run, steps)
+    path = _evaluation(results, method, seed, steps, subjects)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"summary": summary, "per_subject": per_subject, "val_loss": val_loss}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=float))
     row = {"method": method, "seed": seed, "steps": steps, "subjects": subjects}
     key = tuple(str(row[k]) for k in ("method", "seed", "steps", "subjects"))
-    rows = [r for r in rows if tuple(r[k] for k in ("method", "seed", "steps", "subjects")) != key]
-    row["val_loss"] = _val_loss(run, steps)
+    rows = [r for r in _rows(results) if tuple(r[k] for k in row) != key]
+    row["val_loss"] = val_loss
     row.update({k: f"{summary[k]:.6f}" for k in METRICS})
     rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+    with atomic_path(results / "curve.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -175,6 +222,50 @@ def _val_loss(run: Path, steps: int) -> str:
             if int(row["step"]) == steps and row["val_loss"]:
                 return row["val_loss"]
     return ""
+
+
+def write_comparison(
+    results: Path, labels: list[str], seeds: int, steps: int, subjects: str
+) -> dict:
+    """The comparison at ``steps`` from the kept evaluations, over the seeds every method has
+    (so that Welch's tests compare like with like): ``results.md``/``.csv``/``.json``,
+    ``bars.png``, ``pr_curves.png`` and ``per_patient.csv`` (each method's Dice@5%FPR per
+    patient, mean over those seeds) in ``RESULTS/<subjects>``; returns the summary."""
+    found = {
+        m: [s for s in range(seeds) if _evaluation(results, m, s, steps, subjects).exists()]
+        for m in labels
+    }
+    common = sorted(set.intersection(*(set(v) for v in found.values())) if found else set())
+    if not common:
+        return {}
+    records = {
+        m: [json.loads(_evaluation(results, m, s, steps, subjects).read_text()) for s in common]
+        for m in labels
+    }
+    runs = {m: [r["summary"] for r in rs] for m, rs in records.items()}
+    summary = summarize(runs)
+    where = results / subjects
+    write_summary(summary, runs, where)
+    patients = [row["subject"] for row in records[labels[0]][0]["per_subject"]]
+    with atomic_path(where / "per_patient.csv") as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["subject", "lesion_pixels", *labels])
+        for i, patient in enumerate(patients):
+            lesion = records[labels[0]][0]["per_subject"][i]["lesion_pixels"]
+            dice = [np.nanmean([r["per_subject"][i]["dice_at_fpr"] for r in records[m]])
+                    for m in labels]  # fmt: skip
+            writer.writerow([patient, lesion, *(f"{d:.4f}" for d in dice)])
+    return summary
+
+
+def _all_runs_at(out: Path, methods: list[str], seeds: int) -> bool:
+    """Whether every final run is still in ``out`` (run folders are not kept: a run whose
+    numbers a past session recorded may be gone, and the report would have to retrain it)."""
+    return all(
+        (out / "runs" / m / f"seed{s}" / "checkpoint.pt").exists()
+        for m in methods
+        for s in range(seeds)
+    )
 
 
 if __name__ == "__main__":

@@ -258,3 +258,57 @@ def test_two_processes_never_write_into_one_folder(tiny_data, tmp_path):
         holder.wait()
     with folder_lock(run):
         pass
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    """``fae train`` arguments (30 steps, checkpoints every 4) and the run they make: a small
+    pixel autoencoder, the fastest learner (every method shares the training loop)."""
+    root = tmp_path_factory.mktemp("stopped")
+    config = root / "tiny.toml"
+    config.write_text("hidden = [8, 16]\nlatent = 16\nbatch_size = 8\nlog_every = 1\n"
+                      "checkpoint_every = 4\n")  # fmt: skip
+    args = ["train", "--method", "ae-mse", "--data", tiny_data, "--config", config, "--size",
+            "64", "--cache-dir", root / "cache", "--steps", "30"]  # fmt: skip
+    whole = fae(*args, "--out", root / "whole")
+    assert whole.returncode == 0, whole.stderr
+    return [str(a) for a in args], root / "whole"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_train_stopped_from_outside_resumes_exactly(uninterrupted, tmp_path, signal_name):
+    """``fae train`` in its own process, stopped mid-run by Ctrl-C (it checkpoints where it
+    is) or by SIGKILL (it dies; its last periodic checkpoint is there), then ``--resume``d from
+    the command line: the same weights as a run that was never stopped."""
+    import signal
+    import time
+
+    args, whole = uninterrupted
+    run = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "fae", *args, "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "train_log.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for step 9
+        if log.exists() and len(log.read_text().splitlines()) > 9:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(getattr(signal, signal_name))
+    _, err = proc.communicate(timeout=120)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    if signal_name == "SIGINT":
+        assert proc.returncode == 130 and f"fae train --resume {run}" in err
+        assert 9 <= saved < 30, "checkpointed where it stopped"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        assert saved % 4 == 0 and 8 <= saved < 30, "the last periodic checkpoint"
+    resumed = fae("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert b["step"] == 30
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    rows = [line.split(",")[0] for line in log.read_text().splitlines()[1:]]
+    assert rows == [str(s) for s in range(1, 31)], "the log continues where the run stopped"

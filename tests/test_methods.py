@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from fae.benchmark import merge_summaries, method_params, summarize
 from fae.data.preprocess import PrepConfig
@@ -89,6 +90,14 @@ def test_dfr_latent_size_from_pca(slices, tmp_path):
     # chosen again on refit, reproducibly even for an unpretrained extractor; a given size stays
     random = method_class("dfr")(prep=PREP, progress=False, **{**settings, "weights": None})
     assert random.choose_latent(slices[:24]) == random.choose_latent(slices[:24])
+    # against scikit-learn's PCA of the features of the evenly spaced slices it names
+    images = torch.from_numpy(slices[:24, None].astype(np.float32))
+    pick = np.round(np.linspace(0, 23, settings["pca_slices"])).astype(int)
+    with torch.no_grad():
+        feats = est.model_.extractor.eval()(images[pick])
+    pca = PCA(svd_solver="full").fit(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
+    held = np.cumsum(pca.explained_variance_ratio_) <= est.config.latent_variance
+    assert est.choose_latent(slices[:24]) == max(1, int(held.sum())) == est.config.latent
     assert est.latent_from_data_
     fixed = method_class("dfr")(prep=PREP, progress=False, **TINY["dfr"]).fit(slices[:24])
     assert fixed.config.latent == 8 and not hasattr(fixed, "latent_from_data_")

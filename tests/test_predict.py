@@ -17,8 +17,9 @@ from fae.data.discover import Scan
 from fae.data.preprocess import PrepConfig, prepare_volume, restore_volume
 from fae.data.synthetic import make_synthetic
 from fae.data.volume import NiftiSource, Volume
+from fae.errors import FaeInputError
 from fae.methods.fae import FAE
-from fae.predict import predict_scans
+from fae.predict import Shard, merge_shards, predict_scans
 from fae.workflow import RunSpec, train_or_resume
 
 from conftest import head, write_nifti
@@ -73,10 +74,12 @@ def test_restore_undoes_prepare_exactly(ornt):
 
 
 def test_restore_with_resampling_keeps_structures_in_place():
-    # a smooth ramp inside the brain survives 48 -> 32 -> 48 resampling almost unchanged
+    # a checkerboard of smooth blobs (period 12 voxels) survives 48 -> 32 -> 48 resampling in
+    # place: a shift of one voxel along either axis would cost a third of the correlation
     _, _, brain = head(shape=(48, 56, 10))
     x, y, _ = np.meshgrid(*[np.arange(n) for n in brain.shape], indexing="ij")
-    image = (brain * (1 + x / 48 + 0.5 * y / 56)).astype(np.float32)
+    blobs = 1.5 + np.sin(2 * np.pi * x / 12) * np.sin(2 * np.pi * y / 12)
+    image = (brain * blobs).astype(np.float32)
     prepared = prepare_volume(
         Volume(image, np.eye(4), None, "x"),
         config=PrepConfig(size=32, normalize="minmax", brain_mask="nonzero"),
@@ -86,7 +89,14 @@ def test_restore_with_resampling_keeps_structures_in_place():
     assert not restored[:, :4].any() and not restored[:, 52:].any(), "cropped away: 0"
     interior = ndimage.binary_erosion(brain > 0, iterations=3)
     interior[:, :4] = interior[:, 52:] = False
-    assert np.corrcoef(restored[interior], image[interior])[0, 1] > 0.99
+
+    def agreement(reference):
+        return np.corrcoef(restored[interior], reference[interior])[0, 1]
+
+    assert agreement(image) > 0.99
+    for axis in (0, 1):
+        for shift in (-1, 1):
+            assert agreement(np.roll(image, shift, axis=axis)) < 0.9, "the test sees a shift"
 
 
 # --- end to end with a tiny trained run -----------------------------------------------------
@@ -361,3 +371,83 @@ def test_scans_that_share_a_file_name_are_named_after_their_folders(tmp_path):
     # the same file given twice has nothing to tell it apart but a number
     scans, _ = collect_scans([files[-1], files[-1]], "t1")
     assert [s.name for s in scans] == ["T1", "T1_2"]
+
+
+# --- many scans: shards, merge, bounded memory ----------------------------------------------
+
+
+def _small_scans(tiny_run, folder, n):
+    """``n`` small scans cut from the synthetic ones (a few slices each, fast to map)."""
+    sources = sorted((tiny_run / "data").glob("*_t1.nii.gz"))
+    scans = []
+    for i in range(n):
+        path = write_nifti(folder / f"s{i}.nii.gz", *cropped(sources[i % len(sources)], 44, 50))
+        scans.append(Scan(f"s{i}", NiftiSource(path)))
+    return scans
+
+
+def test_shards_merge_into_what_one_worker_writes(tiny_run, tmp_path):
+    est = FAE.load(tiny_run / "run", progress=False)
+    scans = _small_scans(tiny_run, tmp_path, 7)
+    failures = [("missing.nii.gz", "no such file or folder")]
+    predict_scans(est, scans, tmp_path / "one", progress=False, failures=failures)
+    seen = []
+    for k in (1, 2, 3):
+        rows, failed = predict_scans(est, scans, tmp_path / "many", progress=False,
+                                     failures=failures, shard=Shard(k, 3))  # fmt: skip
+        seen += [row["name"] for row in rows]
+        assert [f[0] for f in failed] == (["missing.nii.gz"] if k == 1 else []), "reported once"
+        assert not (tmp_path / "many" / "scores.csv").exists()
+    assert sorted(seen) == sorted(s.name for s in scans), "every scan in exactly one shard"
+    assert seen[:3] == ["s0", "s3", "s6"], "round robin from the K-th input"
+    rows, failed = merge_shards(tmp_path / "many")
+    assert failed == [("missing.nii.gz", "no such file or folder")]
+    one = (tmp_path / "one" / "scores.csv").read_text()
+    assert (tmp_path / "many" / "scores.csv").read_text() == one, "same rows, same order"
+    outputs = sorted(p.name for p in (tmp_path / "one").iterdir() if not p.name.startswith("."))
+    assert {p.name for p in (tmp_path / "many").iterdir()} >= set(outputs)
+
+
+def test_merge_names_what_is_missing(tiny_run, tmp_path):
+    est = FAE.load(tiny_run / "run", progress=False)
+    scans = _small_scans(tiny_run, tmp_path, 3)
+    predict_scans(est, scans, tmp_path / "p", progress=False, shard=Shard(2, 3))
+    with pytest.raises(FaeInputError, match=r"shard\(s\) 1/3, 3/3 not finished"):
+        merge_shards(tmp_path / "p")
+    assert not (tmp_path / "p" / "scores.csv").exists()
+    r = fae("predict", "--merge", tmp_path / "p")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "1/3, 3/3" in r.stderr
+    r = fae("predict", "--merge", tmp_path / "nothing")
+    assert r.returncode == 2 and "holds no finished shards" in r.stderr
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        r = fae("predict", tmp_path / "s0.nii.gz", "--run", tiny_run / "run", "--out",
+                tmp_path / "x", "--shard", bad)  # fmt: skip
+        assert r.returncode == 2 and "--shard must be K/N" in r.stderr, bad
+    assert not (tmp_path / "x").exists()
+
+
+def test_predict_keeps_one_group_of_scans_in_memory(tiny_run, tmp_path, monkeypatch):
+    """Scans are read as they are needed and dropped once written: at most one batch's worth
+    (plus the scan that fills it) is held, however many scans there are."""
+    import fae.predict as predict
+
+    est = FAE.load(tiny_run / "run", progress=False)
+    scans = _small_scans(tiny_run, tmp_path, 12)
+    slices = len(predict._load(scans[0], est, est.prep, {}, None).prepared.images)
+    held, most = set(), [0]
+    load, write = predict._load, predict._Writer.write
+
+    def loading(scan, *args):
+        held.add(scan.name)
+        most[0] = max(most[0], len(held))
+        return load(scan, *args)
+
+    def writing(self, group, bar):
+        write(self, group, bar)
+        held.difference_update(item.scan.name for item in group)
+
+    monkeypatch.setattr(predict, "_load", loading)
+    monkeypatch.setattr(predict._Writer, "write", writing)
+    predict_scans(est, scans, tmp_path / "p", batch_size=8, progress=False)
+    assert len(list((tmp_path / "p").glob("*_anomaly.nii.gz"))) == 12
+    assert most[0] <= -(-8 // slices) + 1 < 12

@@ -38,6 +38,42 @@ def test_cache_is_reused_and_keyed_by_settings(flat_dataset, tmp_path, monkeypat
     assert len(list(cache.glob("prep-*"))) == 2
 
 
+def test_cache_notices_changed_inputs_and_survives_corrupt_entries(flat_dataset, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    import os
+
+    import nibabel as nib
+
+    ds = discover(flat_dataset)
+    cache, prep = tmp_path / "cache", PrepConfig(size=16)
+    first = prepare_dataset(ds, "flair", prep, cache, progress=False)
+    prepared, real = [], slices_module.prepare_volume
+
+    def preparing(volume, *args, **kwargs):
+        prepared.append(volume.source)
+        return real(volume, *args, **kwargs)
+
+    monkeypatch.setattr(slices_module, "prepare_volume", preparing)
+    # an input rewritten with other contents (a later time): prepared again, from the new data
+    image = flat_dataset / "sub01_flair.nii.gz"
+    data = np.asarray(nib.load(image).dataobj)
+    nib.save(nib.Nifti1Image(data[::-1].copy(), nib.load(image).affine), image)
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    again = prepare_dataset(ds, "flair", prep, cache, progress=False)
+    assert prepared == [str(image)], "only the changed scan is prepared again"
+    assert not np.array_equal(first.subjects(["sub01"]).images, again.subjects(["sub01"]).images)
+    # a cache entry cut short (a crash, a full disk): the scan is prepared again, and re-cached
+    entry = max(cache.rglob("sub02-*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    entry.write_bytes(entry.read_bytes()[:100])
+    prepared.clear()
+    third = prepare_dataset(ds, "flair", prep, cache, progress=False)
+    assert prepared == [str(flat_dataset / "sub02_flair.nii.gz")]
+    np.testing.assert_array_equal(third.images, again.images)
+    prepared.clear()
+    prepare_dataset(ds, "flair", prep, cache, progress=False)
+    assert prepared == [], "the rewritten entry is used"
+
+
 def test_split_is_by_subject_and_deterministic(flat_dataset):
     ds = discover(flat_dataset)
     a = split_subjects(ds, test_fraction=0.5, val_fraction=0.25, seed=3)

@@ -13,4 +13,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FaeInputError(None, f"device {device!r} requested but no CUDA GPU is available")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise FaeInputError(
+            None, f"unknown device {device!r}: use auto, cpu, cuda or cuda:N"
+        ) from None

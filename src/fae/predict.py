@@ -5,11 +5,19 @@ outside the brain), ``<name>_brainmask.nii.gz`` (the brain mask it used), ``<nam
 (the map at the run's calibrated threshold), ``<name>_overlay.png`` and a row of ``scores.csv``.
 Preprocessing, brain extraction included, comes from the run's checkpoint. Slices of several
 scans share a batch; an unreadable scan is reported and skipped, the rest are still written.
+Scans are read, mapped and written a group at a time, so memory does not grow with their number.
+
+Many scans can be split over N workers (:class:`Shard`): worker K of N predicts every N-th
+input from the K-th into the same folder and writes ``scores-K.csv`` and ``shard-K.json``
+instead of ``scores.csv``; :func:`merge_shards` then joins them into the ``scores.csv`` that one
+worker would have written.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +68,43 @@ OVERLAY_SLICES = 24
 WIDESPREAD_FRACTION = 0.25
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` (1-based) of ``count``: it predicts the inputs ``index``, ``index`` +
+    ``count``, ... of the full, ordered input list (round robin, so shards get similar work)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"K/N"`` with 1 ≤ K ≤ N."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            index = count = 0
+        if not 1 <= index <= count:
+            raise FaeInputError(None, f"--shard must be K/N with 1 <= K <= N, got {text!r}")
+        return cls(index, count)
+
+    @classmethod
+    def from_torchrun(cls) -> Shard | None:
+        """This process's shard under ``torchrun`` (rank + 1 of the world size), else None."""
+        count = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ["RANK"]) + 1, count) if count > 1 else None
+
+    def take(self, items: Sequence) -> list:
+        return list(items[self.index - 1 :: self.count])
+
+    @property
+    def scores(self) -> str:
+        return f"scores-{self.index}.csv"
+
+    @property
+    def record(self) -> str:
+        return f"shard-{self.index}.json"
+
+
 @dataclass
 class _Loaded:
     scan: Scan
@@ -79,29 +124,91 @@ def predict_scans(
     failures: list[tuple[str, str]] | None = None,
     cache_dir: Path | None = None,
     brain_mask_source: str | None = None,
+    shard: Shard | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Predict every scan into ``out``; returns the ``scores.csv`` rows and the failures.
+    With ``shard``, only that shard's scans (``failures`` of the inputs are the first shard's
+    to report), into ``scores-K.csv``, and ``shard-K.json`` (which scans it had, which failed).
 
     ``fpr`` picks the calibrated operating point (pixel and slice thresholds) of the run;
     ``cache_dir`` keeps HD-BET's brain masks, so that a scan predicted again is not re-stripped;
     ``brain_mask_source`` replaces the run's own (e.g. ``"hd-bet"`` for scans without the mask
     files a ``"given"`` run was trained with).
     """
-    with folder_lock(out):  # one process writes into a folder at a time
+    order = {scan.name: i for i, scan in enumerate(scans)}
+    if shard is not None:
+        scans = shard.take(scans)
+        failures = failures if shard.index == 1 else []
+    with folder_lock(out, shard.index if shard else None):  # one process per folder (or shard)
         prep = with_brain_mask(estimator.prep, brain_mask_source)
         writer = _Writer(estimator, out, fpr, batch_size, list(failures or []))
         quiet = estimator.progress
         estimator.progress = False  # one bar over scans, not one per batch
         bar = tqdm(total=len(scans), desc="predicting", unit="scan", disable=not progress)
+        complete = False
         try:
             loaded = _load_all(scans, estimator, prep, cache_dir, writer, bar)
             for group in _groups(loaded, batch_size):
                 writer.write(group, bar)
+            complete = True
         finally:  # the scans written so far are listed even if something unexpected stopped us
             bar.close()
             estimator.progress = quiet
-            _write_scores(writer.rows, out / "scores.csv")
+            try:
+                _write_scores(writer.rows, out / (shard.scores if shard else "scores.csv"))
+            except FaeInputError:
+                if complete:  # else the error that stopped us is the one to report
+                    raise
+        if shard is not None:  # written last: a shard with its record is complete
+            record = {
+                "shard": shard.index,
+                "shards": shard.count,
+                "scans": {scan.name: order[scan.name] for scan in scans},
+                "failures": writer.failures,
+            }
+            with atomic_path(out / shard.record) as tmp:
+                tmp.write_text(json.dumps(record, indent=1))
         return writer.rows, writer.failures
+
+
+def merge_shards(folder: Path) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Join the shards' ``scores-K.csv`` in ``folder`` into ``scores.csv``, rows in the order of
+    the inputs (as one worker writes it); returns the rows and every shard's failures. Every
+    shard 1..N must have finished (its ``shard-K.json``), else one line says which is missing."""
+    folder = Path(folder)
+    records = {}
+    for path in sorted(folder.glob("shard-*.json")):
+        try:
+            record = json.loads(path.read_text())
+            records[int(record["shard"])] = record
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            problem = f"not a shard record written by fae predict ({err})"
+            raise FaeInputError(path, problem) from None
+    if not records:
+        raise FaeInputError(folder, "holds no finished shards (shard-K.json): nothing to merge")
+    counts = {r["shards"] for r in records.values()}
+    if len(counts) != 1:
+        raise FaeInputError(folder, f"holds shards of different splits (of {sorted(counts)})")
+    (count,) = counts
+    missing = [k for k in range(1, count + 1) if k not in records]
+    if missing:
+        which = ", ".join(f"{k}/{count}" for k in missing)
+        raise FaeInputError(folder, f"shard(s) {which} not finished: run fae predict --shard")
+    rows, failures, order = [], [], {}
+    for index in range(1, count + 1):
+        record = records[index]
+        order.update(record["scans"])
+        failures += [tuple(f) for f in record["failures"]]
+        path = folder / Shard(index, count).scores
+        try:
+            with path.open(newline="") as fh:
+                rows += list(csv.DictReader(fh))
+        except OSError as err:
+            raise FaeInputError(path, f"cannot read ({err.strerror or err})") from None
+    rows.sort(key=lambda row: order.get(row["name"], len(order)))
+    with folder_lock(folder):
+        _write_scores(rows, folder / "scores.csv")
+    return rows, failures
 
 
 def _load_all(
@@ -172,7 +279,9 @@ class _Writer:
             n = len(item.prepared.images)
             try:
                 self.rows.append(self._write_scan(item, maps[start : start + n]))
-            except (OSError, ValueError, RuntimeError) as err:  # e.g. a full disk
+            except FaeInputError:  # the folder is full or read-only: so it is for every scan
+                raise
+            except (OSError, ValueError, RuntimeError) as err:  # this scan's outputs only
                 self.failures.append((str(item.scan.image), f"cannot write outputs ({err})"))
                 tqdm.write(
                     f"fae: error: {item.scan.image}: cannot write outputs ({err})", file=sys.stderr

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fae import distributed
 from fae.config import TrainingConfig
 from fae.errors import FaeInputError
 from fae.nn.module import MapModule
@@ -128,6 +129,9 @@ def train(
     slice that count in the loss (1), e.g. all but its lesion. ``fit_features=False`` keeps the
     module's feature statistics on a fresh start (fine-tuning a trained module).
 
+    Under ``torchrun`` each process trains on its share of every global batch
+    (:mod:`fae.distributed`); the losses and the weights are those of one process.
+
     ``resume`` is a saved :meth:`TrainState.state_dict` (the model weights already loaded):
     training continues from its step with the same batches and dropout masks as an uninterrupted
     run, also when ``config.steps`` was raised after the run finished. Ctrl-C stops at the end of
@@ -137,11 +141,14 @@ def train(
     """
     tune_allocator()
     prepare_module(model, precision, device)
+    distributed.to_data_parallel(model)
     state = TrainState(
         0,
         model.configure_optimizers(config.lr),
         EpochSampler(len(train_images), config.batch_size, config.seed),
     )
+    for optimizer in state.optimizers:
+        distributed.average_gradients(optimizer)
     if resume is not None:
         state.load_state_dict(resume)
         if state.step >= config.steps:  # a finished run: nothing to compute
@@ -149,8 +156,9 @@ def train(
             return state
     fresh = resume is None and fit_features
     cached = _training_features(model, train_images, device, fresh, progress, precision)
-    val_features = None
-    if val_images is not None and len(val_images):
+    distributed.broadcast_module(model)
+    val_features = None  # validation loss: rank 0's job
+    if val_images is not None and len(val_images) and distributed.is_main():
         val_features = compute_features(
             model, val_images, device, "val features", progress, precision
         )
@@ -225,11 +233,11 @@ def _loop(
     stop = _InterruptFlag()
     try:
         while state.step < config.steps:
-            if stop.raised:
+            if distributed.any_rank(stop.raised):
                 if on_checkpoint is not None and state.step > 0:
                     on_checkpoint(state)
                 raise KeyboardInterrupt
-            idx = state.sampler.next()
+            idx = distributed.local_rows(state.sampler.next())
             model.train()
             with autocast(precision, device):
                 if cached is not None:
@@ -238,6 +246,7 @@ def _loop(
                     features = model.features(images[idx].to(device))
                 weight = None if loss_weights is None else loss_weights[idx].to(device).float()
                 loss = model.training_step(features, state.optimizers, state.step, weight)
+            loss = distributed.mean_over_ranks(loss)
             state.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")

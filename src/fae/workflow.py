@@ -15,11 +15,13 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fae import distributed
 from fae.calibration import intensity_reference
 from fae.data.discover import Dataset, discover
 from fae.data.preprocess import PrepConfig, with_brain_mask
@@ -101,10 +103,13 @@ def train_or_resume(
     (exactly), or extended to ``spec.params["steps"]`` if that is more than it has, or loaded
     when it is finished. A run folder with other settings is an error. ``announce`` hears what
     is about to happen, when anything is. Holds ``out``'s lock (:func:`fae.io.folder_lock`)
-    while it works."""
+    while it works. Under ``torchrun`` every rank calls this (:mod:`fae.distributed`): rank 0
+    holds the lock, prepares the data first, prints and writes the run."""
     resolve_device(spec.device)  # a missing GPU is an error even for a finished run
-    with folder_lock(out):
-        return _train_or_resume(spec, out, cache_dir, progress, announce or (lambda _: None))
+    say = announce if announce is not None and distributed.is_main() else lambda _: None
+    progress = progress and distributed.is_main()
+    with folder_lock(out) if distributed.is_main() else nullcontext():
+        return _train_or_resume(spec, out, cache_dir, progress, say)
 
 
 def _train_or_resume(
@@ -200,18 +205,19 @@ def _training_slices(
     training scans' raw intensity range, for prediction's warnings) and the brain-mask sources
     in ``estimator.meta``."""
     meta = estimator.meta
-    train, val = (
-        prepare_dataset(
-            dataset,
-            meta["modality"],
-            estimator.prep,
-            cache_dir,
-            meta["splits"][part],
-            progress,
-            estimator.device,
+    with distributed.main_first():
+        train, val = (
+            prepare_dataset(
+                dataset,
+                meta["modality"],
+                estimator.prep,
+                cache_dir,
+                meta["splits"][part],
+                progress,
+                estimator.device,
+            )
+            for part in ("train", "val")
         )
-        for part in ("train", "val")
-    )
     meta["intensity"] = intensity_reference(train.intensity)
     meta["brain_masks"] = dict(Counter(train.mask_methods + val.mask_methods))
     prepared = len(train)

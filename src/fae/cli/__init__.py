@@ -13,6 +13,7 @@ from fae import __version__
 from fae.cli import benchmark, data, demo, evaluate, export, predict, report, train
 from fae.cli.options import BRAIN_MASK_CHOICES, PRECISION_CHOICES
 from fae.errors import FaeInputError
+from fae.io import UNWRITABLE
 
 __all__ = ["BRAIN_MASK_CHOICES", "PRECISION_CHOICES", "main"]
 
@@ -28,6 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fae: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk or an unwritable folder outside fae's atomic writes
+        if err.errno not in UNWRITABLE:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"fae: error: {where}{err.strerror}", file=sys.stderr)
+        return 2
 
 
 def parser() -> argparse.ArgumentParser:

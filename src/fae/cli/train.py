@@ -104,8 +104,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fae import distributed
     from fae.workflow import RunSpec, train_or_resume
 
+    distributed.init_from_env(args.device)  # under torchrun: join the other processes
+    main = distributed.is_main()
     if args.resume is not None:
         folder = args.resume
         spec = RunSpec.of_run(folder, args.device)
@@ -136,9 +139,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         estimator = train_or_resume(spec, folder, options.cache_dir(args), announce=print)
     except KeyboardInterrupt:
-        print(f"fae: interrupted; continue with: fae train --resume {folder}", file=sys.stderr)
+        if main:
+            print(f"fae: interrupted; continue with: fae train --resume {folder}", file=sys.stderr)
         return 130
-    print(f"run {folder}: trained {estimator.step_} steps; checkpoint {folder / 'checkpoint.pt'}")
+    finally:
+        distributed.close()
+    if main:
+        print(
+            f"run {folder}: trained {estimator.step_} steps; checkpoint {folder / 'checkpoint.pt'}"
+        )
     return 0
 
 

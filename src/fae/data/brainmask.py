@@ -435,5 +435,5 @@ def _save_mask(path: Path, mask: np.ndarray) -> None:
     try:
         with atomic_path(path) as tmp:
             np.savez(tmp, bits=np.packbits(mask.ravel()), shape=np.asarray(mask.shape))
-    except OSError as err:
+    except (OSError, FaeInputError) as err:
         print(f"fae: warning: {path.parent}: cannot write the mask cache ({err})", file=sys.stderr)

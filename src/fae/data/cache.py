@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from fae.data.brainmask import settings_key
 from fae.data.discover import Subject
 from fae.data.preprocess import PreparedVolume, PrepConfig
+from fae.errors import FaeInputError
 from fae.io import atomic_path
 
 CACHE_FORMAT = 2
@@ -64,7 +66,16 @@ def load_cached(path: Path) -> PreparedVolume | None:
 
 
 def save_cached(path: Path, volume: PreparedVolume) -> None:
-    """Write a prepared volume atomically."""
+    """Write a prepared volume atomically. A cache that cannot be written (a full disk, a
+    read-only folder) only costs speed: a warning, and the work goes on without it."""
+    try:
+        _write(path, volume)
+    except FaeInputError as err:
+        warning = f"fae: warning: {path.parent}: cannot write the cache ({err.problem})"
+        print(warning, file=sys.stderr)
+
+
+def _write(path: Path, volume: PreparedVolume) -> None:
     with atomic_path(path) as tmp:
         np.savez(
             tmp,

@@ -31,6 +31,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from fae import distributed
 from fae.calibration import calibrate_thresholds, display_range, thresholds_at
 from fae.checkpoint import load_checkpoint, save_checkpoint, save_config
 from fae.config import TrainingConfig
@@ -213,6 +214,8 @@ class AnomalyMethod:
         if len(images) == 0:
             raise FaeInputError(None, "no training slices")
         val = as_slice_tensor(val_slices) if val_slices is not None else None
+        if self.learns:  # under torchrun: refused before anything is written
+            distributed.check_batch(min(self.config.batch_size, len(images)))
         record = _RunRecord(self, run_dir, resume["step"] if resume else 0)
         if self.learns:
             state = train(
@@ -357,6 +360,7 @@ class AnomalyMethod:
         the class is the one the checkpoint names. ``precision`` overrides the run's for maps."""
         from fae.methods.registry import method_class
 
+        resolve_device(device)  # an unknown or missing device: one error before any work
         path = Path(path)
         if path.is_dir():
             path = path / "checkpoint.pt"
@@ -422,11 +426,13 @@ def load_method(
 
 class _RunRecord:
     """What training writes into a run folder: ``config.json`` at the start, ``train_log.csv``
-    as it goes (cut back to the resumed step), ``checkpoint.pt`` periodically and at the end."""
+    as it goes (cut back to the resumed step), ``checkpoint.pt`` periodically and at the end;
+    under ``torchrun`` only rank 0 writes."""
 
     def __init__(self, est: AnomalyMethod, run_dir: Path | None, start_step: int) -> None:
-        self.est, self.run_dir = est, run_dir
-        if run_dir is None:
+        self.est = est
+        self.run_dir = run_dir if distributed.is_main() else None  # rank 0 writes the run
+        if self.run_dir is None:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(est.describe(), run_dir / "config.json")

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fae.distributed import global_count
+
 
 class MapModule(nn.Module):
     """Base class: override ``reconstruct`` and ``residual`` (or ``anomaly_map``)."""
@@ -102,4 +104,4 @@ def weighted_mean(residual: Tensor, weight: Tensor | None = None) -> Tensor:
     if weight.shape[-2:] != residual.shape[-2:]:
         weight = 1 - F.adaptive_max_pool2d(1 - weight, residual.shape[-2:])
     weight = weight.to(residual.dtype)
-    return (residual * weight).sum() / (weight.sum() * residual.shape[1]).clamp_min(1)
+    return (residual * weight).sum() / global_count(weight.sum() * residual.shape[1]).clamp_min(1)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fae.distributed import global_draw
 from fae.errors import FaeInputError
 from fae.nn.module import MapModule
 from fae.nn.ssim import ssim_map
@@ -68,7 +69,10 @@ class ImageAutoencoder(MapModule):
         mu, logvar = self.encode(x)
         z = mu
         if logvar is not None and self.training:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            noise = global_draw(
+                lambda s: torch.randn(s, dtype=mu.dtype, device=mu.device), mu.shape
+            )
+            z = mu + noise * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 
     def reconstruct(self, x: Tensor) -> Tensor:

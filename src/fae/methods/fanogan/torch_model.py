@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fae.distributed import global_draw
 from fae.errors import FaeInputError
 from fae.methods.fanogan.config import FAnoGANConfig
 from fae.nn.module import MapModule, weighted_mean
@@ -126,10 +127,14 @@ class FAnoGANModule(MapModule):
         return super().training_step(features, [e_opt], step, weight)
 
     def _noise(self, n: int, like: Tensor) -> Tensor:
-        return torch.randn(n, self.config.latent, device=like.device, dtype=like.dtype)
+        return global_draw(
+            lambda s: torch.randn(s, device=like.device, dtype=like.dtype), (n, self.config.latent)
+        )
 
     def _gradient_penalty(self, real: Tensor, fake: Tensor) -> Tensor:
-        alpha = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
+        alpha = global_draw(
+            lambda s: torch.rand(s, device=real.device, dtype=real.dtype), (len(real), 1, 1, 1)
+        )
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         (grad,) = torch.autograd.grad(self.critic(mixed).sum(), mixed, create_graph=True)
         return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
