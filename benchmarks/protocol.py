@@ -3,7 +3,7 @@
 Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps
 by default — each stage extending the last (bit-identical to one uninterrupted run), and
 evaluated after each stage on the selection patients and on the report patients of the
-three-way split. The runs (checkpoints, evaluations, maps) go to ``--out``; every
+three-way split. The runs (checkpoints, training logs) go to ``--out``; every
 evaluation's numbers (summary, per-patient Dice, PR curve, validation loss) also go to
 ``--results`` (default ``benchmarks/results/<name of --out>``, kept in the repository): that
 record is what a rerun skips by, and what the README's tables, bar charts and per-patient Dice

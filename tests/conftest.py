@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -31,6 +33,12 @@ def head(shape=(40, 48, 12), seed=0, lesion=True) -> tuple[np.ndarray, np.ndarra
 
 # 2 mm voxels: the toy heads are then brain-sized (so skull-stripped by fae's rule, no HD-BET)
 TOY_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def fae(*args, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The ``fae`` command line in a subprocess, as a user runs it."""
+    cmd = [sys.executable, "-m", "fae", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:

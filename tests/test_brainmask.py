@@ -1,8 +1,6 @@
 """Brain masks: the sources, HD-BET's geometry and cache, ``fae data skullstrip``."""
 
 import csv
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +25,7 @@ from fae.data.slices import prepare_dataset
 from fae.data.volume import Volume, load_nifti
 from fae.errors import FaeInputError
 
-from conftest import shared_data, write_nifti
+from conftest import fae, shared_data, write_nifti
 
 
 def toy_head(shape=(48, 48, 40), skull=True, seed=0):
@@ -318,11 +316,6 @@ def test_skullstrip_writes_a_scans_files_all_or_none(fake_hd_bet, tmp_path, monk
     assert rows == [] and len(failures) == 2
     assert "No space left" in failures[0][1]
     assert sorted(p.name for p in out.iterdir()) == ["brainmasks.csv", "datalist.csv"]
-
-
-def fae(*args):
-    cmd = [sys.executable, "-m", "fae", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_skullstrip_cli_skips_bad_inputs_with_one_line_and_exit_1(tmp_path):

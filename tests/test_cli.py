@@ -1,24 +1,12 @@
 """The command line: real subprocesses, as a user runs them."""
 
 import gzip
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import head, write_nifti
-
-
-def fae(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "fae", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+from conftest import fae, head, write_nifti
 
 
 def test_inspect_reports_subjects_and_masks(flat_dataset):

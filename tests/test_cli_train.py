@@ -11,7 +11,7 @@ import torch
 from fae.cli import main
 from fae.data.synthetic import make_synthetic
 
-from conftest import head, write_nifti
+from conftest import fae, head, write_nifti
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,6 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "data"
     make_synthetic(out, 4, seed=1, modalities=("t1",), resolution_mm=2, progress=False)
     return out / "datalist.csv"
-
-
-def fae(*args):
-    cmd = [sys.executable, "-m", "fae", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def test_train_then_evaluate(tiny_data, tmp_path):
@@ -262,14 +257,14 @@ def test_two_processes_never_write_into_one_folder(tiny_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
-    """``fae train`` arguments (30 steps, checkpoints every 4) and the run they make: a small
+    """``fae train`` arguments (200 steps, checkpoints every 4) and the run they make: a small
     pixel autoencoder, the fastest learner (every method shares the training loop)."""
     root = tmp_path_factory.mktemp("stopped")
     config = root / "tiny.toml"
     config.write_text("hidden = [8, 16]\nlatent = 16\nbatch_size = 8\nlog_every = 1\n"
                       "checkpoint_every = 4\n")  # fmt: skip
     args = ["train", "--method", "ae-mse", "--data", tiny_data, "--config", config, "--size",
-            "64", "--cache-dir", root / "cache", "--steps", "30"]  # fmt: skip
+            "64", "--cache-dir", root / "cache", "--steps", "200"]  # fmt: skip
     whole = fae(*args, "--out", root / "whole")
     assert whole.returncode == 0, whole.stderr
     return [str(a) for a in args], root / "whole"
@@ -299,16 +294,16 @@ def test_train_stopped_from_outside_resumes_exactly(uninterrupted, tmp_path, sig
     saved = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
     if signal_name == "SIGINT":
         assert proc.returncode == 130 and f"fae train --resume {run}" in err
-        assert 9 <= saved < 30, "checkpointed where it stopped"
+        assert 9 <= saved < 200, "checkpointed where it stopped"
     else:
         assert proc.returncode == -signal.SIGKILL
-        assert saved % 4 == 0 and 8 <= saved < 30, "the last periodic checkpoint"
+        assert saved % 4 == 0 and 8 <= saved < 200, "the last periodic checkpoint"
     resumed = fae("train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(whole / "checkpoint.pt", weights_only=True)
     b = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert b["step"] == 30
+    assert b["step"] == 200
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     rows = [line.split(",")[0] for line in log.read_text().splitlines()[1:]]
-    assert rows == [str(s) for s in range(1, 31)], "the log continues where the run stopped"
+    assert rows == [str(s) for s in range(1, 201)], "the log continues where the run stopped"

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -8,10 +6,7 @@ import numpy as np
 from fae.data.synthetic import make_synthetic
 from fae.demo import run_demo
 
-
-def fae(*args):
-    cmd = [sys.executable, "-m", "fae", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from conftest import fae
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path):

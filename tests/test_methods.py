@@ -18,6 +18,8 @@ from fae.errors import FaeInputError
 from fae.methods.base import AnomalyMethod, load_method
 from fae.methods.registry import METHODS, method_class
 
+from conftest import fae
+
 PREP = PrepConfig(size=64)
 TINY = {
     "random": {},
@@ -259,10 +261,6 @@ def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp
 
 
 def test_train_and_evaluate_any_method_from_the_command_line(tiny_synthetic, tmp_path):
-    def fae(*args):
-        cmd = [sys.executable, "-m", "fae", *map(str, args)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
     cache = tmp_path / "cache"
     run = tmp_path / "run"
     r = fae("train", "--method", "bm", "--data", tiny_synthetic, "--out", run, "--size", "64",

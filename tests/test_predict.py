@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +20,7 @@ from fae.methods.fae import FAE
 from fae.predict import Shard, merge_shards, predict_scans
 from fae.workflow import RunSpec, train_or_resume
 
-from conftest import head, write_nifti
+from conftest import fae, head, write_nifti
 
 
 def reoriented(data: np.ndarray, affine: np.ndarray, ornt: np.ndarray):
@@ -125,11 +123,6 @@ def cropped(path, z0: int = 40, z1: int = 56):
     shift = np.eye(4)
     shift[2, 3] = z0
     return data, image.affine @ shift
-
-
-def fae(*args):
-    cmd = [sys.executable, "-m", "fae", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def test_training_calibrates_thresholds(tiny_run):
@@ -424,6 +417,35 @@ def test_merge_names_what_is_missing(tiny_run, tmp_path):
                 tmp_path / "x", "--shard", bad)  # fmt: skip
         assert r.returncode == 2 and "--shard must be K/N" in r.stderr, bad
     assert not (tmp_path / "x").exists()
+
+
+def test_merge_trusts_only_finished_shards(tiny_run, tmp_path, monkeypatch):
+    import fae.predict as predict
+
+    est = FAE.load(tiny_run / "run", progress=False)
+    scans = _small_scans(tiny_run, tmp_path, 4)
+    out = tmp_path / "p"
+    for k in (1, 2):
+        predict_scans(est, scans, out, progress=False, shard=Shard(k, 2))
+
+    # shard 2 run again and stopped part-way: its old record no longer vouches for its scores
+    def broken(self, group, bar):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(predict._Writer, "write", broken)
+    with pytest.raises(RuntimeError):
+        predict_scans(est, scans, out, progress=False, shard=Shard(2, 2))
+    with pytest.raises(FaeInputError, match=r"shard\(s\) 2/2 not finished"):
+        merge_shards(out)
+    monkeypatch.undo()
+    predict_scans(est, scans, out, progress=False, shard=Shard(2, 2))
+    assert len(merge_shards(out)[0]) == 4
+    # a scores file that lists a scan its record does not have is refused
+    scores = out / "scores-2.csv"
+    text = scores.read_text()
+    scores.write_text(text + text.splitlines()[1].replace("s1,", "intruder,") + "\n")
+    with pytest.raises(FaeInputError, match="lists intruder, which its shard record"):
+        merge_shards(out)
 
 
 def test_predict_keeps_one_group_of_scans_in_memory(tiny_run, tmp_path, monkeypatch):

@@ -6,8 +6,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -21,10 +19,7 @@ from fae.evaluation import load_slice_maps
 from fae.methods.base import load_method
 from fae.workflow import RunSpec, evaluate_run, train_or_resume
 
-
-def fae(*args):
-    cmd = [sys.executable, "-m", "fae", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from conftest import fae
 
 
 @pytest.fixture(scope="module")

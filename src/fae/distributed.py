@@ -26,13 +26,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fae.errors import FaeInputError
+
+TIMEOUT = timedelta(hours=24)
 
 
 def init_from_env(device: str = "auto") -> bool:
@@ -45,7 +47,9 @@ def init_from_env(device: str = "auto") -> bool:
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if gpu else "gloo")
+    # ranks wait for rank 0 to prepare the data (HD-BET on a new cohort takes hours), and
+    # shards of a prediction for the slowest one: far longer than the default 10-30 minutes
+    dist.init_process_group("nccl" if gpu else "gloo", timeout=TIMEOUT)
     return True
 
 
@@ -79,9 +83,11 @@ def main_first() -> Iterator[None]:
     other ranks run it (reading those caches)."""
     if not is_main():
         barrier()
-    yield
-    if is_main():
-        barrier()
+    try:
+        yield
+    finally:  # also when rank 0 fails: the others then meet the same error themselves
+        if is_main():
+            barrier()
 
 
 def local_rows(batch: Tensor) -> Tensor:
@@ -205,6 +211,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         size = rank_and_size()[1]
         if not self.training or size == 1:
             return super().forward(x)
+        dtype = x.dtype  # statistics in float32 at least, as BatchNorm keeps them
+        x = x.to(torch.promote_types(dtype, torch.float32))
         c, dims = x.shape[1], (0, 2, 3)
         n = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
         sums = _SumOverRanks.apply(torch.cat([x.sum(dims), n]))
@@ -222,7 +230,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -246,8 +254,6 @@ class GlobalDropout2d(nn.Dropout2d):
     (:func:`global_draw`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if rank_and_size()[1] == 1:
-            return F.dropout2d(x, self.p, self.training, self.inplace)
         if not self.training or self.p == 0:
             return x
         keep = 1 - self.p

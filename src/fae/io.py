@@ -113,7 +113,7 @@ def folder_lock(folder: str | Path, shard: int | None = None) -> Iterator[Path]:
     created = not folder.exists()
     names = [LOCK_NAME] if shard is None else [LOCK_NAME, f".fae-shard-{shard}.lock"]
     modes = [fcntl.LOCK_EX] if shard is None else [fcntl.LOCK_SH, fcntl.LOCK_EX]
-    handles = []
+    handles, held = [], False
     try:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,8 @@ def folder_lock(folder: str | Path, shard: int | None = None) -> Iterator[Path]:
                 fcntl.flock(handle, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                shards = "shards of fae predict" if any(folder.glob(".fae-shard-*.lock")) else ""
+                holder = handle.read().strip() or shards or "another process"
                 raise FaeInputError(
                     folder, f"in use by another fae process ({holder}): wait for it to finish"
                 ) from None
@@ -134,8 +135,11 @@ def folder_lock(folder: str | Path, shard: int | None = None) -> Iterator[Path]:
         mine.truncate()
         mine.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         mine.flush()
+        held = True
         yield folder
     finally:
+        if held:
+            handles[-1].truncate(0)  # who held it is no longer true
         for handle in handles:
             handle.close()  # releases the lock
         if shard is None and created and folder.is_dir() and os.listdir(folder) == [LOCK_NAME]:

@@ -90,8 +90,8 @@ class Shard:
     @classmethod
     def from_torchrun(cls) -> Shard | None:
         """This process's shard under ``torchrun`` (rank + 1 of the world size), else None."""
-        count = int(os.environ.get("WORLD_SIZE", "1"))
-        return cls(int(os.environ["RANK"]) + 1, count) if count > 1 else None
+        count, rank = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK")
+        return cls(int(rank) + 1, count) if count > 1 and rank is not None else None
 
     def take(self, items: Sequence) -> list:
         return list(items[self.index - 1 :: self.count])
@@ -140,6 +140,8 @@ def predict_scans(
         scans = shard.take(scans)
         failures = failures if shard.index == 1 else []
     with folder_lock(out, shard.index if shard else None):  # one process per folder (or shard)
+        if shard is not None:  # a record of an earlier try would vouch for this one's scores
+            (out / shard.record).unlink(missing_ok=True)
         prep = with_brain_mask(estimator.prep, brain_mask_source)
         writer = _Writer(estimator, out, fpr, batch_size, list(failures or []))
         quiet = estimator.progress
@@ -179,9 +181,14 @@ def merge_shards(folder: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     records = {}
     for path in sorted(folder.glob("shard-*.json")):
         try:
-            record = json.loads(path.read_text())
-            records[int(record["shard"])] = record
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            saved = json.loads(path.read_text())
+            record = {
+                "shards": int(saved["shards"]),
+                "scans": {str(k): int(v) for k, v in saved["scans"].items()},
+                "failures": [(str(a), str(b)) for a, b in saved["failures"]],
+            }
+            records[int(saved["shard"])] = record
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             problem = f"not a shard record written by fae predict ({err})"
             raise FaeInputError(path, problem) from None
     if not records:
@@ -198,14 +205,21 @@ def merge_shards(folder: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     for index in range(1, count + 1):
         record = records[index]
         order.update(record["scans"])
-        failures += [tuple(f) for f in record["failures"]]
+        failures += record["failures"]
         path = folder / Shard(index, count).scores
         try:
             with path.open(newline="") as fh:
-                rows += list(csv.DictReader(fh))
+                reader = csv.DictReader(fh)
+                part = list(reader)
         except OSError as err:
             raise FaeInputError(path, f"cannot read ({err.strerror or err})") from None
-    rows.sort(key=lambda row: order.get(row["name"], len(order)))
+        if tuple(reader.fieldnames or ()) != SCORE_COLUMNS:
+            raise FaeInputError(path, "not a scores file written by fae predict")
+        stray = [row["name"] for row in part if row["name"] not in record["scans"]]
+        if stray:
+            raise FaeInputError(path, f"lists {stray[0]}, which its shard record does not have")
+        rows += part
+    rows.sort(key=lambda row: order[row["name"]])
     with folder_lock(folder):
         _write_scores(rows, folder / "scores.csv")
     return rows, failures

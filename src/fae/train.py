@@ -187,7 +187,10 @@ def train(
 def _restore_rng(saved: dict) -> None:
     torch.set_rng_state(saved["torch_rng"])
     if saved["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if distributed.rank_and_size()[1] > 1:  # rank 0 saved its GPU's state, which all share
+            torch.cuda.set_rng_state(saved["cuda_rng"][0])
+        else:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
 def _training_features(

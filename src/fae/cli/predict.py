@@ -104,10 +104,13 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merged(rows: list[dict], failures: list, folder: Path) -> int:
+def _merged(rows: list[dict], failures: list, folder: Path, said: bool = False) -> int:
+    """Say what was merged and which inputs failed (``said``: the shards already named them)."""
     print(f"merged {len(rows)} scans into {folder / 'scores.csv'}")
-    for source, problem in failures:
+    for source, problem in [] if said else failures:
         print(f"fae: error: {source}: {problem} (failed in its shard)", file=sys.stderr)
+    if failures and said:
+        print(f"fae: {len(failures)} input(s) failed, see the errors above", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -117,6 +120,7 @@ def _torchrun_merge(folder: Path, failures: list) -> int:
     from fae.predict import merge_shards
 
     distributed.barrier()
-    code = _merged(*merge_shards(folder), folder) if distributed.is_main() else int(bool(failures))
+    main = distributed.is_main()
+    code = _merged(*merge_shards(folder), folder, said=True) if main else int(bool(failures))
     distributed.close()
     return code
