@@ -20,6 +20,8 @@ comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``res
 Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``); where every final run
 is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser) is written in
 ``OUT/lgg-<modality>``. Everything resumes: rerun the same command after an interruption.
+``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole head as the
+"brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
 
     .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
         --out benchmark-output/protocol
@@ -67,15 +69,23 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, help="the numbers, kept (default: benchmarks/results/<out's name>)"
     )
+    parser.add_argument(
+        "--brain-mask",
+        default="auto",
+        choices=("auto", "otsu"),
+        help="where brain masks come from (auto: HD-BET on these skull-on scans; otsu: the head "
+        "mask, the skull left on, for contrast)",
+    )
     parser.add_argument("--summary", action="store_true", help="only write the comparison")
     args = parser.parse_args()
     args.results = args.results or RESULTS / args.out.name
+    _check_brain_mask(parser, args.results, args.brain_mask)
     modalities = args.modality.split(",")
     methods = args.methods.split(",")
     stages = [int(s) for s in args.stages.split(",")]
     overrides = read_config_file(args.config)
     cache = default_cache_dir()
-    prep = PrepConfig()
+    prep = PrepConfig(brain_mask=args.brain_mask)
     for steps in [] if args.summary else stages:
         for seed in range(args.seeds):
             for modality in modalities:
@@ -95,6 +105,19 @@ def main() -> None:
                               prep, SPLIT, cache, subjects=subjects)  # fmt: skip
                 where = out if subjects == "test" else out / subjects
                 benchmark_report(out, where / "report.html", subjects)
+
+
+def _check_brain_mask(parser: argparse.ArgumentParser, results: Path, brain_mask: str) -> None:
+    """Keep brain-extracted and skull-on numbers apart: a results folder records the brain
+    mask its evaluations used (``brain_mask.txt``) and refuses the other."""
+    path = results / "brain_mask.txt"
+    if path.exists() and path.read_text().strip() != brain_mask:
+        parser.error(f"{results} holds results with --brain-mask {path.read_text().strip()}: "
+                     "use another --out or --results")  # fmt: skip
+    if not path.exists():
+        results.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(brain_mask + "\n")
 
 
 def _stage(
