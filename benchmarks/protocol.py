@@ -34,9 +34,14 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
-from fae.benchmark import METRICS, method_params, run_benchmark, summarize, write_summary
+from fae.benchmark import (
+    METRICS,
+    method_params,
+    run_benchmark,
+    summarize,
+    write_per_patient,
+    write_summary,
+)
 from fae.config import read_config_file
 from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
@@ -252,8 +257,8 @@ def write_comparison(
 ) -> dict:
     """The comparison at ``steps`` from the kept evaluations, over the seeds every method has
     (so that Welch's tests compare like with like): ``results.md``/``.csv``/``.json``,
-    ``bars.png``, ``pr_curves.png`` and ``per_patient.csv`` (each method's Dice@5%FPR per
-    patient, mean over those seeds) in ``RESULTS/<subjects>``; returns the summary."""
+    ``bars.png``, ``pr_curves.png`` and ``per_patient.csv``/``.png`` (each method's Dice@5%FPR
+    per patient, mean over those seeds) in ``RESULTS/<subjects>``; returns the summary."""
     found = {
         m: [s for s in range(seeds) if _evaluation(results, m, s, steps, subjects).exists()]
         for m in labels
@@ -269,15 +274,7 @@ def write_comparison(
     summary = summarize(runs)
     where = results / subjects
     write_summary(summary, runs, where)
-    patients = [row["subject"] for row in records[labels[0]][0]["per_subject"]]
-    with atomic_path(where / "per_patient.csv") as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["subject", "lesion_pixels", *labels])
-        for i, patient in enumerate(patients):
-            lesion = records[labels[0]][0]["per_subject"][i]["lesion_pixels"]
-            dice = [np.nanmean([r["per_subject"][i]["dice_at_fpr"] for r in records[m]])
-                    for m in labels]  # fmt: skip
-            writer.writerow([patient, lesion, *(f"{d:.4f}" for d in dice)])
+    write_per_patient({m: [r["per_subject"] for r in rs] for m, rs in records.items()}, where)
     return summary
 
 

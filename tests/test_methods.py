@@ -240,8 +240,19 @@ def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp
     assert [r["method"] for r in rows] == ["fae", "threshold", "ae-mse"]
     markdown = (out / "results.md").read_text()
     assert "| fae | 2 |" in markdown and "hypointense" in markdown
-    for figure in ("bars.png", "pr_curves.png"):
+    for figure in ("bars.png", "pr_curves.png", "per_patient.png"):
         assert (out / figure).stat().st_size > 10_000
+    # per-patient Dice@5%FPR: the mean over seeds of each run's per_subject.csv
+    with (out / "per_patient.csv").open() as fh:
+        patients = list(csv.DictReader(fh))
+    for method in ("fae", "threshold", "ae-mse"):
+        for row in patients:
+            seeds = []
+            for seed in (0, 1):
+                with (out / f"runs/{method}/seed{seed}/eval/per_subject.csv").open() as fh:
+                    seeds += [float(r["dice_at_fpr"]) for r in csv.DictReader(fh)
+                              if r["subject"] == row["subject"]]  # fmt: skip
+            assert len(seeds) == 2 and float(row[method]) == pytest.approx(np.mean(seeds), abs=1e-4)
     metrics = json.loads((out / "runs/fae/seed1/eval/metrics.json").read_text())
     assert metrics["steps"] == 2
     # the whole comparison in one page: each method's map (seed 0) on its own calibrated scale

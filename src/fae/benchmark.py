@@ -81,7 +81,23 @@ def run_benchmark(
         write_summary(summarize(runs), runs, summary_dir)  # partial tables while seeds run
     summary = summarize(runs)
     write_summary(summary, runs, summary_dir)
+    folder = "eval" if subjects == "test" else f"eval-{subjects}"
+    write_per_patient(
+        {
+            method: [
+                _read_rows(out / "runs" / method / f"seed{s}" / folder / "per_subject.csv")
+                for s in range(seeds)
+            ]  # fmt: skip
+            for method in methods
+        },
+        summary_dir,
+    )
     return summary
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _trained_and_evaluated(
@@ -300,6 +316,57 @@ def pr_curves_figure(runs: dict[str, list[dict]]) -> Figure:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def write_per_patient(per_subject: dict[str, list[list[dict]]], out: Path) -> dict:
+    """Each patient's Dice@5%FPR per method, mean over seeds, as ``per_patient.csv`` and
+    ``per_patient.png`` (:func:`per_patient_figure`) in ``out``; returns method → array in
+    the patients' order. ``per_subject``: per method, one list of per-patient rows
+    (``subject``, ``lesion_pixels``, ``dice_at_fpr``, as in ``per_subject.csv``) per seed."""
+    methods = list(per_subject)
+    first = per_subject[methods[0]][0]
+    patients = [row["subject"] for row in first]
+    dice = {}
+    for method, seeds in per_subject.items():
+        by_seed = [{row["subject"]: float(row["dice_at_fpr"]) for row in rows} for rows in seeds]
+        table = [[seed.get(p, np.nan) for seed in by_seed] for p in patients]
+        dice[method] = np.nanmean(np.array(table, dtype=float), axis=1)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "per_patient.csv") as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["subject", "lesion_pixels", *methods])
+        for i, row in enumerate(first):
+            writer.writerow([row["subject"], row["lesion_pixels"],
+                             *(f"{dice[m][i]:.4f}" for m in methods)])  # fmt: skip
+    with atomic_path(out / "per_patient.png") as tmp:
+        per_patient_figure(dice).savefig(tmp, format="png", dpi=110)
+    return dice
+
+
+def per_patient_figure(dice: dict[str, np.ndarray], label: str = "Dice@5%FPR") -> Figure:
+    """One column per method: each patient's score (``dice[method]``, same patient order in
+    every method) as a dot, over a box of quartiles; the line joins each patient's dots, so a
+    method that wins on most patients shows as lines falling away from it."""
+    methods = list(dice)
+    figure = Figure(figsize=(1.6 + 0.9 * len(methods), 3.8))
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    values = np.array([np.asarray(dice[m], dtype=float) for m in methods])  # (methods, patients)
+    x = np.arange(len(methods))
+    ax.plot(x, values, color="0.8", linewidth=0.5, zorder=1)
+    cmap = _colours(len(methods))
+    jitter = np.random.default_rng(0).uniform(-0.08, 0.08, values.shape[1])
+    for i in range(len(methods)):
+        finite = values[i][np.isfinite(values[i])]
+        ax.boxplot([finite], positions=[i], widths=0.5, showfliers=False, zorder=2,
+                   medianprops={"color": "black"})  # fmt: skip
+        ax.scatter(i + jitter, values[i], s=9, color=cmap[i], zorder=3)
+    ax.set_xticks(x, methods, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"{label} per patient")
+    ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return figure
 
