@@ -45,7 +45,7 @@ def main() -> None:
             best = cls.preset("best", modality)
             changes = {k: best[k] for k in cls.MAP_SETTINGS}
             val = prepare_dataset(dataset, modality, est.prep, cache, splits["val"], False)
-            est = est.with_maps(val.lesion_free(), **changes)
+            est = est.with_maps(val, **changes)
             run = Path(tmp) / "best"
             est.save_run(run)
             shutil.copy(args.run / "train_log.csv", run / "train_log.csv")

@@ -14,12 +14,19 @@ then scores the same levers on the report patients, to report what was chosen:
   slice;
 - ``median3``: a median over each slice and its two neighbours in the volume
   (``slice_median = 3``, :mod:`fae.postprocess`); ``fusion-median3``: both;
+- ``center10``, ``center25``: each scan's map minus the 10 % or 25 % quantile of its own values
+  inside the brain (``volume_center``, :mod:`fae.postprocess`), alone, with the median
+  (``center25-median3``), and on the fused map (``fusion-center25``,
+  ``fusion-center25-median3``);
 - ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
   errors sit), metrics still over the whole mask;
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
   voxels set to 0;
 - ``ensemble``: the mean map over the seeds (one value);
 - ``threshold`` and ``threshold-median3``: the image intensity, without and with the median.
+
+The table goes to ``RESULTS/lgg-<modality>/levers[-test].md`` and ``.json`` (``--results``,
+default ``benchmarks/results/<name of --out>``, kept in the repository).
 
     .venv/bin/python benchmarks/levers.py --modality flair --out benchmark-output/protocol
 """
@@ -41,9 +48,10 @@ from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
-from fae.postprocess import median_across_slices
+from fae.postprocess import center_volumes, median_across_slices
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc")
+RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -52,7 +60,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
     parser.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: every run)")
     parser.add_argument("--subjects", choices=["select", "test"], default="select")
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results/<out's name>")
     args = parser.parse_args()
+    results = (args.results or RESULTS / args.out.name) / f"lgg-{args.modality}"
     folder = args.out / f"lgg-{args.modality}"
     runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
     runs = runs[: args.seeds] if args.seeds else runs
@@ -67,7 +77,7 @@ def main() -> None:
             dataset, args.modality, est.prep, cache, est.meta["splits"][args.subjects], False
         )
         val = prepare_dataset(dataset, args.modality, est.prep, cache, est.meta["splits"]["val"])
-        for name, maps in _levers(est, patients, val.lesion_free()).items():
+        for name, maps in _levers(est, patients, val).items():
             scores.setdefault(name, []).append(_score(patients, maps, est.config.slice_score))
         maps_by_seed.append(est.predict(patients))
     kind = est.config.slice_score if runs else "top10"
@@ -84,9 +94,10 @@ def main() -> None:
         "levers": table,
     }
     name = "levers" if args.subjects == "select" else f"levers-{args.subjects}"
-    with atomic_path(folder / f"{name}.json") as tmp:
+    results.mkdir(parents=True, exist_ok=True)
+    with atomic_path(results / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    with atomic_path(folder / f"{name}.md") as tmp:
+    with atomic_path(results / f"{name}.md") as tmp:
         tmp.write_text(_markdown(result))
     print(_markdown(result))
 
@@ -103,6 +114,11 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
         "erode2": np.where(_eroded(patients.masks, 2), base, 0),
     }
     levers["fusion-median3"] = _median3(patients, levers["fusion"])
+    for q in (10, 25):
+        levers[f"center{q}"] = _center(patients, base, q / 100)
+    levers["center25-median3"] = _median3(patients, levers["center25"])
+    levers["fusion-center25"] = _center(patients, levers["fusion"], 0.25)
+    levers["fusion-center25-median3"] = _median3(patients, levers["fusion-center25"])
     threshold, _ = est.thresholds(0.05)
     levers["components"] = _per_volume(patients, base, lambda v: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
@@ -127,6 +143,11 @@ def _fusions(
 def _median3(slices: SliceSet, maps: np.ndarray) -> np.ndarray:
     """The median over each slice and its two neighbours (``slice_median = 3``)."""
     return median_across_slices(maps, slices.masks, 3, slices.subject, slices.slice_index)
+
+
+def _center(slices: SliceSet, maps: np.ndarray, quantile: float) -> np.ndarray:
+    """Each scan's map minus its ``quantile`` inside the brain (``volume_center``)."""
+    return center_volumes(maps, slices.masks, quantile, slices.subject)
 
 
 def _per_volume(slices: SliceSet, maps: np.ndarray, fn) -> np.ndarray:

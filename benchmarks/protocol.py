@@ -158,7 +158,11 @@ def _stage(
 def best_label(changes: dict) -> str:
     """The curve's name for FAE's runs with the ``best`` preset's map settings:
     ``fae+fusion``, ``fae+median3``..."""
-    names = {"fusion": lambda v: "fusion", "slice_median": lambda v: f"median{v}"}
+    names = {
+        "fusion": lambda v: "fusion",
+        "volume_center": lambda v: f"center{round(100 * v)}",
+        "slice_median": lambda v: f"median{v}",
+    }
     return "+".join([PROPOSED, *(names[k](v) for k, v in changes.items())])
 
 
@@ -185,7 +189,7 @@ def _record_best(
     est = load_method(run, progress=False)
     if est.step_ != steps:  # a run already extended past this stage
         return
-    best = est.with_maps(_patients(est, "val", cache).lesion_free(), **changes)
+    best = est.with_maps(_patients(est, "val", cache), **changes)
     for subjects in ("select", "test"):
         summary, per_subject = best.evaluate(_patients(est, subjects, cache))
         _record(results, best_label(changes), seed, steps, subjects, summary, per_subject, run)

@@ -68,7 +68,7 @@ def main() -> None:
         steps.append(est.step_)
         lgg = discover(est.meta["data"])
         val = prepare_dataset(lgg, "flair", est.prep, cache, est.meta["splits"]["val"], False)
-        best = est.with_maps(val.lesion_free(), **changes)
+        best = est.with_maps(val, **changes)
         for site, path in SITES.items():
             scans = prepare_dataset(discover(path), "flair", est.prep, cache, progress=False)
             maps = {
@@ -110,7 +110,7 @@ def _at_site(est, scans: SliceSet, adapt) -> tuple[np.ndarray, np.ndarray]:
     n = len(scans.subject_ids)
     for i in range(n):
         own = scans.subject == i
-        local = adapt(est, scans.take(~own if n > 1 else own).lesion_free())
+        local = adapt(est, scans.take(~own if n > 1 else own))
         maps[own] = local.predict(scans.take(own))
         thresholds[own] = local.thresholds(0.05)[0]
     return maps, thresholds[:, None, None]
@@ -122,11 +122,12 @@ def _calibrated(est, healthy: SliceSet):
 
 
 def _fine_tuned(est, healthy: SliceSet, steps: int, changes: dict):
-    """``est`` fine-tuned ``steps`` steps on ``healthy`` with the ``best`` map settings, which
-    also fits and calibrates them there (``fae train --init``)."""
+    """``est`` fine-tuned ``steps`` steps on the lesion-free slices of the ``healthy`` scans
+    with the ``best`` map settings, which also fits and calibrates them there (``fae train
+    --init``)."""
     params = {**est.config.to_dict(), **changes, "steps": steps, "checkpoint_every": steps}
     tuned = type(est)(prep=est.prep, device=est.device, progress=est.progress, **params)
-    return tuned.fit(healthy, init=est)
+    return tuned.fit(healthy.lesion_free(), healthy, init=est)
 
 
 def _score(slices: SliceSet, maps: np.ndarray, kind: str, threshold) -> dict:

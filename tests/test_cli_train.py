@@ -177,6 +177,12 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert json.loads((out / "config.json").read_text())["config"]["slice_median"] == 1
     assert main([*base, "--slice-median", "2", "--out", str(tmp_path / "even")]) == 2
     assert "slice_median must be an odd number" in capsys.readouterr().err
+    centre = ["--volume-center", "0.25", "--backbone", "efficientnet-lite0"]
+    assert main([*base, *centre, "--out", str(tmp_path / "centred")]) == 0
+    centred = json.loads((tmp_path / "centred/config.json").read_text())["config"]
+    assert centred["volume_center"] == 0.25
+    assert main([*base, "--volume-center", "1", "--out", str(tmp_path / "q1")]) == 2
+    assert "volume_center must be a quantile" in capsys.readouterr().err
     assert method_class("fae").preset("best", "flair")["fusion"] == "intensity"
     paper = method_class("fae").preset("paper", "t1")
     assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (

@@ -1,6 +1,7 @@
 """The Feature-Autoencoder: shapes, learning, checkpoints, exact resume."""
 
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from fae.data.synthetic import synthesize_subject
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
 from fae.methods.fae import FAE, FeatureAutoencoder, StructuralFAE
-from fae.postprocess import median_across_slices
+from fae.postprocess import center_volumes, median_across_slices
 
 PREP = PrepConfig(size=64)
 TINY = {
@@ -266,6 +267,37 @@ def test_slice_median_maps_and_calibrates_per_volume(healthy):
     )
     with pytest.raises(FaeInputError, match="not a map setting: lr"):
         plain.with_maps(calibration, lr=1.0)
+
+
+def test_volume_center_maps_whole_scans_and_calibrates_on_their_lesion_free_slices(
+    healthy, tmp_path
+):
+    """``volume_center`` subtracts each scan's own quantile (taken over the whole scan, as in
+    prediction); the thresholds then come from the lesion-free slices only, and training uses
+    only those for its validation loss."""
+    plain = FAE(prep=PREP, progress=False, **{**TINY, "steps": 2}).fit(healthy)
+    segs = healthy.segs.copy()
+    segs[::3, 28:36, 28:36] = True  # every third slice holds a "lesion"
+    scans = replace(healthy, segs=segs)
+    centred = plain.with_maps(scans, volume_center=0.25)
+    expected = center_volumes(plain.predict(scans), scans.masks, 0.25, scans.subject)
+    np.testing.assert_allclose(centred.predict(scans), expected, atol=1e-6)
+    keep = ~scans.slice_labels
+    maps, masks = centred.predict(scans)[keep], scans.masks[keep]
+    assert centred.calibration_ == calibrate_thresholds(
+        maps, masks, centred.slice_scores(maps, masks), "healthy slices"
+    )
+    partial = plain.with_maps(scans.lesion_free(), volume_center=0.25)
+    assert partial.calibration_ != centred.calibration_, "the quantile saw the whole scans"
+    # fit: the validation scans' lesion slices are neither in the loss nor in the thresholds
+    fits = {}
+    for name, val in (("whole", scans), ("free", scans.lesion_free())):
+        est = FAE(prep=PREP, progress=False, **{**TINY, "steps": 2})
+        fits[name] = est.fit(healthy, val, run_dir=tmp_path / name)
+    assert fits["whole"].calibration_ == fits["free"].calibration_
+    logs = [(tmp_path / name / "train_log.csv").read_text() for name in fits]
+    val_loss = [log.splitlines()[-1].split(",")[2] for log in logs]
+    assert val_loss[0] == val_loss[1] != "", logs
 
 
 def test_fine_tuning_starts_from_a_trained_run_and_keeps_its_statistics(healthy):

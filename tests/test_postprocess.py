@@ -1,11 +1,12 @@
-"""Median of maps across neighbouring slices (fae.postprocess), against a direct oracle."""
+"""Per-volume post-processing of maps (fae.postprocess): the median across neighbouring slices
+against a direct oracle, and the centring of each scan's map on its own quantile."""
 
 import numpy as np
 import pytest
 
 from fae.config import TrainingConfig
 from fae.errors import FaeInputError
-from fae.postprocess import median_across_slices
+from fae.postprocess import center_volumes, finish_maps, median_across_slices
 
 
 def oracle(maps, masks, size, volume, slice_index):
@@ -60,3 +61,38 @@ def test_size_one_is_the_identity_and_even_sizes_are_refused():
     assert median_across_slices(maps, maps > 2, 1) is maps
     with pytest.raises(FaeInputError, match="slice_median"):
         TrainingConfig(slice_median=2)
+
+
+def test_each_volume_is_centred_on_its_own_quantile_inside_the_brain():
+    rng = np.random.default_rng(2)
+    volume = np.array([1, 0, 1, 0, 0, 1])  # rows of two scans, interleaved
+    maps = rng.random((6, 4, 4)).astype(np.float32)
+    masks = rng.random((6, 4, 4)) > 0.3
+    out = center_volumes(maps, masks, 0.25, volume)
+    for v in (0, 1):
+        rows = volume == v
+        expected = maps[rows] - np.quantile(maps[rows][masks[rows]], 0.25)
+        np.testing.assert_allclose(out[rows], np.where(masks[rows], expected, 0), atol=1e-6)
+    # a scan brighter throughout by any constant maps the same: only what stands out counts
+    shifted = maps.copy()
+    shifted[volume == 1] += 7.0
+    np.testing.assert_allclose(center_volumes(shifted, masks, 0.25, volume), out, atol=1e-5)
+    assert not np.allclose(center_volumes(shifted, masks, 0.25), center_volumes(maps, masks, 0.25))
+    # the quantile is of brain pixels only: values outside the mask do not move it
+    outside = np.where(masks, maps, 100.0).astype(np.float32)
+    np.testing.assert_array_equal(center_volumes(outside, masks, 0.25, volume), out)
+
+
+def test_finish_maps_centres_then_filters_and_refuses_bad_quantiles():
+    rng = np.random.default_rng(3)
+    volume, slice_index = np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1])
+    maps = rng.random((5, 3, 3)).astype(np.float32)
+    masks = np.ones_like(maps, bool)
+    masks[0, 0, 0] = False
+    centred = center_volumes(maps, masks, 0.1, volume)
+    expected = median_across_slices(centred, masks, 3, volume, slice_index)
+    np.testing.assert_array_equal(finish_maps(maps, masks, 0.1, 3, volume, slice_index), expected)
+    assert finish_maps(maps, masks, 0.0, 1) is maps  # both off: the maps as they are
+    for bad in (-0.1, 1.0):
+        with pytest.raises(FaeInputError, match="volume_center"):
+            TrainingConfig(volume_center=bad)

@@ -32,6 +32,9 @@ class TrainingConfig:
 
     slice_score: ``"top10"`` (mean of the top 10 % of map values in the brain, the paper) or
     ``"max"`` (the 2023 benchmark).
+    volume_center: not in the paper: each scan's map minus this quantile (0..1) of its own
+    values inside the brain (0: off), so that a scan unusual throughout does not take the
+    false-positive budget of the others (:mod:`fae.postprocess`).
     slice_median: not in the paper: each map becomes the pixel-wise median over itself and its
     neighbouring slices in the volume, ``slice_median`` slices in all (1: off; odd), before
     thresholds and scores (:mod:`fae.postprocess`).
@@ -48,6 +51,7 @@ class TrainingConfig:
     steps: int = 10_000
     seed: int = 0
     slice_score: str = "top10"
+    volume_center: float = 0.0
     slice_median: int = 1
     checkpoint_every: int = 500
     val_every: int = 250
@@ -69,6 +73,7 @@ class TrainingConfig:
             "lr must be positive": self.lr <= 0,
             f"slice_score must be one of {tuple(SLICE_SCORES)}": self.slice_score
             not in SLICE_SCORES,
+            "volume_center must be a quantile in [0, 1) (0: off)": not 0 <= self.volume_center < 1,
             "slice_median must be an odd number of slices (1: off)": self.slice_median < 1
             or self.slice_median % 2 == 0,
             f"precision must be one of {PRECISIONS}": self.precision not in PRECISIONS,

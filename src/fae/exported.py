@@ -27,7 +27,7 @@ from fae.data.preprocess import PrepConfig
 from fae.errors import FaeInputError
 from fae.evaluation import slice_scores
 from fae.io import atomic_path
-from fae.postprocess import median_across_slices
+from fae.postprocess import finish_maps
 
 METADATA = "fae.run"  # the metadata key of the run's record
 FORMAT = 1  # of that record
@@ -142,15 +142,16 @@ class ExportedModel:
         volume: np.ndarray | None = None,
         slice_index: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(N, S, S) slices in [0, 1] → (N, S, S) maps, 0 outside ``masks``, with the run's
-        median across slices (of the same ``volume``, by ``slice_index``), as the run's own
-        :meth:`~fae.methods.base.AnomalyMethod.predict`."""
+        """(N, S, S) slices in [0, 1] → (N, S, S) maps, 0 outside ``masks``, centred per volume
+        and median-filtered across slices (of the same ``volume``, by ``slice_index``) as the
+        run's own :meth:`~fae.methods.base.AnomalyMethod.predict`."""
         out = np.zeros(images.shape, np.float32)
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
             out[part] = self.network(images[part, None])[:, 0]
         maps = np.where(masks, out, 0.0).astype(np.float32)
-        return median_across_slices(maps, masks, self.config["slice_median"], volume, slice_index)
+        center = self.config.get("volume_center", 0.0)  # absent in exports made before it
+        return finish_maps(maps, masks, center, self.config["slice_median"], volume, slice_index)
 
     def thresholds(self, fpr: float = 0.05) -> tuple[float, float]:
         """The run's calibrated (pixel, slice) thresholds at false-positive rate ``fpr``."""

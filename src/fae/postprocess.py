@@ -1,11 +1,53 @@
-"""Post-processing of anomaly maps across slices (not in the paper; as in the field's
-evaluation code): a median over each slice and its neighbours in the volume, which removes
-responses that appear in one slice only while a lesion spans several."""
+"""Post-processing of anomaly maps per volume (not in the paper).
+
+- ``volume_center``: each scan's map minus a low quantile of its own values inside the brain,
+  so that a scan that is unusual throughout (another contrast, pose or scanner) does not use up
+  the false-positive budget of every other scan; what is left is what stands out *within* the
+  scan. Needs no labels: it is a fixed function of the scan's own map.
+- ``slice_median`` (as in the field's evaluation code): a median over each slice and its
+  neighbours in the volume, which removes responses that appear in one slice only while a
+  lesion spans several.
+
+:func:`finish_maps` applies both, in that order, wherever maps are made (the run's
+``predict``, the exported model's).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+
+def finish_maps(
+    maps: np.ndarray,
+    masks: np.ndarray,
+    volume_center: float = 0.0,
+    slice_median: int = 1,
+    volume: np.ndarray | None = None,
+    slice_index: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, S, S) maps → centred per volume (``volume_center`` > 0), then median-filtered across
+    slices (``slice_median`` > 1); 0 outside ``masks``. ``volume``/``slice_index``: as in
+    :func:`median_across_slices` (default: one volume, slices in order)."""
+    if volume_center:
+        maps = center_volumes(maps, masks, volume_center, volume)
+    return median_across_slices(maps, masks, slice_median, volume, slice_index)
+
+
+def center_volumes(
+    maps: np.ndarray, masks: np.ndarray, quantile: float, volume: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, S, S) maps → each volume's maps minus the ``quantile`` (0..1) of that volume's map
+    values inside ``masks``; 0 outside ``masks``. A volume without brain pixels is unchanged.
+    ``volume``: (N,) which volume each slice belongs to (default: all one volume)."""
+    volume = np.zeros(len(maps), np.int64) if volume is None else np.asarray(volume)
+    out = np.array(maps, np.float32, copy=True)
+    for v in np.unique(volume):
+        rows = volume == v
+        values = out[rows][masks[rows]]
+        if values.size:
+            out[rows] -= np.float32(np.quantile(values, quantile))
+    return np.where(masks, out, 0.0).astype(np.float32)
 
 
 def median_across_slices(

@@ -200,10 +200,10 @@ def _plain(value: object) -> object:
 def _training_slices(
     dataset: Dataset, estimator: AnomalyMethod, cache_dir: Path | None, progress: bool
 ) -> tuple[SliceSet, SliceSet]:
-    """The run's training slices (those its ``train_slices`` setting asks for) and healthy
-    validation slices, prepared in one read per scan; sets the intensity reference (the
-    training scans' raw intensity range, for prediction's warnings) and the brain-mask sources
-    in ``estimator.meta``."""
+    """The run's training slices (those its ``train_slices`` setting asks for) and validation
+    slices (whole scans: fit takes their lesion-free slices), prepared in one read per scan;
+    sets the intensity reference (the training scans' raw intensity range, for prediction's
+    warnings) and the brain-mask sources in ``estimator.meta``."""
     meta = estimator.meta
     with distributed.main_first():
         train, val = (
@@ -233,7 +233,7 @@ def _training_slices(
         n = len(meta["splits"]["train"])
         subjects = f"{n} training subject{'s' if n != 1 else ''}"
         raise FaeInputError(dataset.root, f"no usable training slices in the {subjects}: {why}")
-    return train, val.lesion_free()  # validation: healthy slices, for its loss and thresholds
+    return train, val  # fit takes its lesion-free slices, for the loss and the thresholds
 
 
 def evaluate_run(
@@ -338,8 +338,7 @@ def calibrate_run(
     prep = with_brain_mask(estimator.prep, brain_mask)
     slices = prepare_dataset(dataset, modality, prep, cache_dir, ids, progress, device)
     reference = intensity_reference(slices.intensity)
-    slices = slices.lesion_free()
-    if not slices.masks.any():
+    if not slices.lesion_free().masks.any():
         raise FaeInputError(data, "no healthy brain slices to calibrate on")
     calibration = estimator.calibrate(slices, str(Path(data).resolve()))
     estimator.meta["intensity"] = reference

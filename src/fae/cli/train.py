@@ -64,6 +64,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--slice-score", choices=["top10", "max"])
     p.add_argument(
+        "--volume-center",
+        type=float,
+        metavar="Q",
+        help="subtract the Q quantile (0..1) of each scan's own map inside its brain (not in "
+        "the paper; default 0: off)",
+    )
+    p.add_argument(
         "--slice-median",
         type=int,
         metavar="K",
@@ -196,6 +203,7 @@ def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:
         "layers": args.layers.split(",") if args.layers else None,
         "train_batchnorm": None if args.batchnorm is None else args.batchnorm == "train",
         "slice_score": args.slice_score,
+        "volume_center": args.volume_center,
         "slice_median": args.slice_median,
         "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,

@@ -41,7 +41,7 @@ from fae.device import resolve_device
 from fae.errors import FaeInputError
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
-from fae.postprocess import median_across_slices
+from fae.postprocess import finish_maps
 from fae.runtime import BATCH_SIZE, batched, prepare_module, resolve_precision, tune_allocator
 from fae.train import TrainState, train
 
@@ -125,7 +125,9 @@ class AnomalyMethod:
 
         With ``run_dir`` it writes ``config.json``, ``train_log.csv`` and ``checkpoint.pt``
         (every ``checkpoint_every`` steps and at the end); :meth:`resume` continues such a run.
-        The healthy ``val_slices`` (else the training slices) calibrate the thresholds.
+        ``val_slices`` (else the training slices) calibrate the thresholds: their lesion-free
+        slices, mapped as parts of their whole scans (see :meth:`calibrate`); the same
+        lesion-free slices give the validation loss.
         ``init``: a trained method of the same architecture whose weights (and fitted feature
         statistics) training starts from, with fresh optimisers: fine-tuning, e.g. on a new
         site's healthy scans.
@@ -213,7 +215,8 @@ class AnomalyMethod:
         images = as_slice_tensor(train_slices)
         if len(images) == 0:
             raise FaeInputError(None, "no training slices")
-        val = as_slice_tensor(val_slices) if val_slices is not None else None
+        healthy_val = _lesion_free(val_slices) if val_slices is not None else None
+        val = as_slice_tensor(healthy_val) if healthy_val is not None else None
         if self.learns:  # under torchrun: refused before anything is written
             distributed.check_batch(min(self.config.batch_size, len(images)))
         record = _RunRecord(self, run_dir, resume["step"] if resume else 0)
@@ -238,20 +241,26 @@ class AnomalyMethod:
             self.fit_statistics(images)
             self.step_ = 0
         self.model_.eval()
-        has_val = val_slices is not None and len(val_slices) > 0
-        healthy = val_slices if has_val else train_slices
-        if isinstance(healthy, SliceSet):  # thresholds come from healthy slices only
-            healthy = healthy.lesion_free()
-        self.calibrate(healthy, "validation" if has_val else "train")
+        has_val = healthy_val is not None and len(healthy_val) > 0
+        self.calibrate(
+            val_slices if has_val else train_slices, "validation" if has_val else "train"
+        )
         record.final()
         return self
 
     def calibrate(self, slices: SliceSet | np.ndarray, source: str = "healthy slices") -> dict:
         """Set ``calibration_``: pixel and slice thresholds at the calibrated false-positive
-        rates (see :mod:`fae.calibration`), from healthy slices; returns it."""
+        rates (see :mod:`fae.calibration`), from the lesion-free slices of ``slices`` (bare
+        arrays: all healthy); returns it. The maps are made of ``slices`` as given, whole
+        scans where they are whole, so that ``volume_center`` and ``slice_median`` see each
+        scan as prediction will; only then are the lesion slices left out."""
         images, masks = _images_and_masks(slices)
-        self.fit_healthy(images, masks)
-        maps = self.predict(slices)
+        healthy = (
+            ~slices.slice_labels if isinstance(slices, SliceSet) else np.ones(len(images), bool)
+        )
+        self.fit_healthy(images[healthy], masks[healthy])
+        maps = self.predict(slices)[healthy]
+        masks = masks[healthy]
         self.calibration_ = calibrate_thresholds(
             maps, masks, self.slice_scores(maps, masks), source
         )
@@ -277,16 +286,17 @@ class AnomalyMethod:
     ) -> np.ndarray:
         """(N, S, S) slices in [0, 1] → (N, S, S) float32 anomaly maps, 0 outside ``masks``.
 
-        With ``slice_median``, neighbouring slices are told apart by ``volume`` and
-        ``slice_index`` ((N,) each; a SliceSet carries both); bare arrays without them are one
-        volume's consecutive slices."""
+        With ``volume_center`` and ``slice_median``, scans and neighbouring slices are told
+        apart by ``volume`` and ``slice_index`` ((N,) each; a SliceSet carries both); bare
+        arrays without them are one volume's consecutive slices."""
         self._check_fitted()
         if isinstance(images, SliceSet):
             volume, slice_index = images.subject, images.slice_index
         if isinstance(images, SliceSet) or masks is None:
             images, masks = _images_and_masks(images)
         maps = self.maps(images, masks, self.model_, batch_size)
-        return median_across_slices(maps, masks, self.config.slice_median, volume, slice_index)
+        c = self.config
+        return finish_maps(maps, masks, c.volume_center, c.slice_median, volume, slice_index)
 
     def maps(
         self,
@@ -471,6 +481,11 @@ def loss_weights(slices: SliceSet | np.ndarray, config: TrainingConfig) -> torch
         in_plane[1] = ndimage.generate_binary_structure(2, 1)
         grown = ndimage.binary_dilation(grown, in_plane, iterations=config.lesion_margin)
     return torch.from_numpy(~grown)[:, None]  # bool: a quarter of the memory of float32
+
+
+def _lesion_free(slices: SliceSet | np.ndarray) -> SliceSet | np.ndarray:
+    """The lesion-free slices of a SliceSet; bare arrays are taken as healthy."""
+    return slices.lesion_free() if isinstance(slices, SliceSet) else slices
 
 
 def _images_and_masks(slices: SliceSet | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,13 +51,14 @@ class FAE(AnomalyMethod):
         )
 
     # settings that change only the map of a trained model (see with_maps)
-    MAP_SETTINGS = ("fusion", "slice_median")
+    MAP_SETTINGS = ("fusion", "volume_center", "slice_median")
 
     def with_maps(self, healthy: SliceSet, **changes) -> FAE:
-        """This trained model with other map settings (``fusion``, ``slice_median``), refitted
-        and calibrated on ``healthy`` slices (a new estimator; this one is unchanged). The
-        autoencoder is the same: these settings change only the map, so they can be tried on a
-        run trained without them."""
+        """This trained model with other map settings (``fusion``, ``volume_center``,
+        ``slice_median``), refitted and calibrated on the lesion-free slices of ``healthy``
+        (whole scans where possible: see :meth:`calibrate`); a new estimator, this one is
+        unchanged. The autoencoder is the same: these settings change only the map, so they can
+        be tried on a run trained without them."""
         self._check_fitted()
         unknown = set(changes) - set(self.MAP_SETTINGS)
         if unknown:
