@@ -18,6 +18,7 @@ PAPER = {
     "batch_size": 32,
     "steps": 10_000,
     "slice_score": "top10",
+    "volume_center": 0.0,
     "slice_median": 1,
 }
 # EfficientNet-Lite0 (ImageNet weights offline), frozen BatchNorm (features computed once),
