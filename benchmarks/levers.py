@@ -23,7 +23,8 @@ then scores the same levers on the report patients, to report what was chosen:
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
   voxels set to 0;
 - ``ensemble``: the mean map over the seeds (one value);
-- ``threshold`` and ``threshold-median3``: the image intensity, without and with the median.
+- ``threshold``, ``threshold-median3`` and ``threshold-center25-median3``: the image intensity,
+  alone, with the median, and centred per scan with the median.
 
 The table goes to ``RESULTS/lgg-<modality>/levers[-test].md`` and ``.json`` (``--results``,
 default ``benchmarks/results/<name of --out>``, kept in the repository).
@@ -86,6 +87,8 @@ def main() -> None:
     intensity = np.where(patients.masks, patients.images, 0)
     table["threshold"] = _summary([_score(patients, intensity)])
     table["threshold-median3"] = _summary([_score(patients, _median3(patients, intensity))])
+    centred = _median3(patients, _center(patients, intensity, 0.25))
+    table["threshold-center25-median3"] = _summary([_score(patients, centred)])
     result = {
         "modality": args.modality,
         "subjects": args.subjects,

@@ -171,6 +171,7 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert saved["backbone"] == "efficientnet-lite1" and saved["standardize_features"]
     assert saved["fusion"] == "none" and not saved["train_batchnorm"], "best for T1: no fusion"
     assert saved["slice_median"] == 3, "best: the median across slices"
+    assert saved["volume_center"] == 0.25, "best for T1: each scan centred"
     assert saved["steps"] == 2, "a flag overrides the preset"
     out = tmp_path / "best-no-median"
     assert main([*base, "--preset", "best", "--slice-median", "1", "--out", str(out)]) == 0
