@@ -139,20 +139,28 @@ def _stage(
     """One run trained (or extended) to ``steps`` and evaluated on both patient sets."""
     data = SHARED / f"lgg-{modality}"
     run = out / "runs" / method / f"seed{seed}"
-    if not _done(results, method, seed, steps):
+    changes = _best_changes(modality) if method == PROPOSED else {}
+    best_missing = bool(changes) and not _done(results, best_label(changes), seed, steps)
+    if not _done(results, method, seed, steps) or best_missing:
+        # Training is deterministic: a run folder lost since its numbers were recorded is
+        # retrained to the same weights when the best preset's rows still need it.
         params = method_params(method, seed, steps, overrides.get(method, {}))
         spec = RunSpec(data, modality, method, params, prep, **SPLIT)
         train_or_resume(spec, run, cache, announce=print)
+    if not _done(results, method, seed, steps):
         est = load_method(run, progress=False)
         for subjects in ("select", "test"):
             patients = _patients(est, subjects, cache)
             _record(results, method, seed, steps, subjects, *est.evaluate(patients), run)
-    if method == PROPOSED:
-        cls = method_class(method)
-        best, default = cls.preset("best", modality), cls.config_class()
-        changes = {k: best[k] for k in cls.MAP_SETTINGS if best[k] != getattr(default, k)}
-        if changes and not _done(results, best_label(changes), seed, steps):
-            _record_best(results, seed, steps, run, changes, cache)
+    if best_missing:
+        _record_best(results, seed, steps, run, changes, cache)
+
+
+def _best_changes(modality: str) -> dict:
+    """The map settings where FAE's ``best`` preset for ``modality`` differs from the default."""
+    cls = method_class(PROPOSED)
+    best, default = cls.preset("best", modality), cls.config_class()
+    return {k: best[k] for k in cls.MAP_SETTINGS if best[k] != getattr(default, k)}
 
 
 def best_label(changes: dict) -> str:
