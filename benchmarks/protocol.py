@@ -8,13 +8,14 @@ evaluation's numbers (summary, per-patient Dice, PR curve, validation loss) also
 ``--results`` (default ``benchmarks/results/<name of --out>``, kept in the repository): that
 record is what a rerun skips by, and what the README's tables, bar charts and per-patient Dice
 are made from (``--summary`` writes them without training), so finished stages survive the
-loss of the run folders. Where the ``best`` preset changes FAE's map (fusion with intensity
-on FLAIR, the median across slices on T1), FAE's runs are also evaluated with those settings
-(refitted and calibrated on the run's healthy validation slices), as method ``fae+fusion`` /
-``fae+median3``: on FLAIR the learning curve of the ``best`` preset, whose training is FAE's
-own here (on T1 ``best`` trains with EfficientNet-Lite1: ``--config
-benchmarks/configs/levers/lite1.toml`` gives its curve). Stage by stage: every run reaches
-1,000 steps before any goes on to 2,000, so that an early stop
+loss of the run folders (a lost run is retrained, bit-identically, only where a row still
+needs it). Where the ``best`` preset changes FAE's map (fusion with intensity and the median
+across slices on FLAIR; each scan centred on its quantile and the median on T1), FAE's runs are
+also evaluated with those settings (refitted and calibrated on the run's healthy validation
+scans), as method ``fae+fusion+median3`` / ``fae+center25+median3``: on FLAIR the learning
+curve of the ``best`` preset, whose training is FAE's own here (on T1 ``best`` trains with
+EfficientNet-Lite1: ``--config benchmarks/configs/levers/lite1.toml`` gives its curve). Stage
+by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
 leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``, the
 comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md`` with
 Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``); where every final run
