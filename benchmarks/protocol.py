@@ -18,11 +18,12 @@ EfficientNet-Lite1: ``--config benchmarks/configs/levers/lite1.toml`` gives its 
 by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
 leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``, the
 comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md`` with
-Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``); where every final run
-is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser) is written in
-``OUT/lgg-<modality>``. Everything resumes: rerun the same command after an interruption.
-``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole head as the
-"brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
+Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``; in ``fae+<settings>/``
+the same table with Welch p of FAE's ``best`` map settings against every other row); where
+every final run is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser)
+is written in ``OUT/lgg-<modality>``. Everything resumes: rerun the same command after an
+interruption. ``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole
+head as the "brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
 
     .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
         --out benchmark-output/protocol
@@ -42,6 +43,7 @@ from fae.benchmark import (
     summarize,
     write_per_patient,
     write_summary,
+    write_tables,
 )
 from fae.config import read_config_file
 from fae.data.cache import default_cache_dir
@@ -288,6 +290,10 @@ def write_comparison(
     where = results / subjects
     write_summary(summary, runs, where)
     write_per_patient({m: [r["per_subject"] for r in rs] for m, rs in records.items()}, where)
+    for best in (m for m in labels if m.startswith(PROPOSED + "+")):
+        # the best map settings tested against every other row, in a table of its own
+        order = {best: runs[best], **{m: v for m, v in runs.items() if m != best}}
+        write_tables(summarize(order, reference=best), where / best, reference=best)
     return summary
 
 

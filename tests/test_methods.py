@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from fae.benchmark import merge_summaries, method_params, summarize
+from fae.benchmark import format_markdown, merge_summaries, method_params, summarize
 from fae.data.preprocess import PrepConfig
 from fae.data.synthetic import make_synthetic
 from fae.errors import FaeInputError
@@ -205,6 +205,16 @@ def test_summary_welch_test_against_fae():
     assert merged["threshold"]["pixel_ap"]["mean"] == pytest.approx(0.51)
     assert merged["threshold"]["welch_p"]["pixel_ap"] == pytest.approx(1.0)
     assert summary["threshold"]["welch_p"]["pixel_ap"] < 1e-3, "inputs untouched"
+    # another reference row: every other row is tested against it, and the table says so
+    against = summarize({"a": [run(0.9), run(0.91)], **summary_runs(run)}, reference="a")
+    assert "welch_p" not in against["a"] and "welch_p" in against["fae"]
+    assert against["fae"]["welch_p"]["pixel_ap"] < 0.01
+    assert "Welch t-test of a against" in format_markdown(against, reference="a")
+    assert "Welch t-test of FAE against" in format_markdown(summary)
+
+
+def summary_runs(run):
+    return {"fae": [run(0.5), run(0.52), run(0.51)], "threshold": [run(0.2), run(0.21)]}
 
 
 @pytest.fixture(scope="module")

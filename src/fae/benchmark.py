@@ -134,9 +134,10 @@ def method_params(method: str, seed: int, steps: int | None, overrides: dict) ->
     return params
 
 
-def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Mean, std and per-seed values per method and metric; Welch's t-test of FAE against each
-    other method (two-sided p-values; nan with fewer than two seeds or no variance)."""
+def summarize(runs: dict[str, list[dict]], reference: str = REFERENCE) -> dict:
+    """Mean, std and per-seed values per method and metric; Welch's t-test of ``reference``
+    (FAE unless told) against each other method (two-sided p-values; nan with fewer than two
+    seeds or no variance)."""
     table: dict[str, dict] = {}
     for method, results in runs.items():
         row: dict = {"seeds": len(results)}
@@ -159,7 +160,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
                 for kind in kinds
             }
         table[method] = row
-    return _add_welch(table)
+    return _add_welch(table, reference)
 
 
 def merge_summaries(summaries: list[dict]) -> dict:
@@ -172,13 +173,13 @@ def merge_summaries(summaries: list[dict]) -> dict:
     return _add_welch(table)
 
 
-def _add_welch(table: dict[str, dict]) -> dict:
-    if REFERENCE in table:
+def _add_welch(table: dict[str, dict], reference: str = REFERENCE) -> dict:
+    if reference in table:
         for method, row in table.items():
-            if method == REFERENCE:
+            if method == reference:
                 continue
             row["welch_p"] = {
-                metric: _welch(table[REFERENCE][metric]["values"], row[metric]["values"])
+                metric: _welch(table[reference][metric]["values"], row[metric]["values"])
                 for metric in METRICS
             }
     return table
@@ -196,13 +197,16 @@ def _welch(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def write_summary(summary: dict, runs: dict[str, list[dict]], out: Path) -> None:
-    """results.csv / .md / .json, bars.png and pr_curves.png in ``out``."""
-    write_tables(summary, out)
+def write_summary(
+    summary: dict, runs: dict[str, list[dict]], out: Path, reference: str = REFERENCE
+) -> None:
+    """results.csv / .md / .json, bars.png and pr_curves.png in ``out`` (``reference``: the
+    method ``summarize`` tested against the others)."""
+    write_tables(summary, out, reference)
     save_pr_curves(runs, out / "pr_curves.png")
 
 
-def write_tables(summary: dict, out: Path) -> None:
+def write_tables(summary: dict, out: Path, reference: str = REFERENCE) -> None:
     """results.csv / .md / .json and bars.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "results.json") as tmp:
@@ -222,12 +226,13 @@ def write_tables(summary: dict, out: Path) -> None:
                 + [f"{p[m]:.3g}" if m in p else "" for m in METRICS]
             )
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(format_markdown(summary))
+        tmp.write_text(format_markdown(summary, reference))
     save_bars(summary, out / "bars.png")
 
 
-def format_markdown(summary: dict) -> str:
-    """Mean ± std per method (Welch p against FAE in brackets), then per anomaly kind."""
+def format_markdown(summary: dict, reference: str = REFERENCE) -> str:
+    """Mean ± std per method (Welch p against ``reference`` in brackets), then per anomaly
+    kind."""
     head = "| method | seeds | " + " | ".join(METRICS.values()) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
     for method, row in summary.items():
@@ -252,7 +257,8 @@ def format_markdown(summary: dict) -> str:
                 cells = [f"{d[m]['mean']:.3f} ± {d[m]['std']:.3f}" for m in METRICS]
                 lines.append(f"| {kind} | {method} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("p: two-sided Welch t-test of FAE against the method, over seeds.")
+    who = "FAE" if reference == REFERENCE else reference
+    lines.append(f"p: two-sided Welch t-test of {who} against the method, over seeds.")
     return "\n".join(lines) + "\n"
 
 
