@@ -41,9 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run, label = args.run, est.name
         if args.best:
-            cls = method_class(est.name)
-            best = cls.preset("best", modality)
-            changes = {k: best[k] for k in cls.MAP_SETTINGS}
+            changes = method_class(est.name).map_settings("best", modality)
             val = prepare_dataset(dataset, modality, est.prep, cache, splits["val"], False)
             est = est.with_maps(val, **changes)
             run = Path(tmp) / "best"

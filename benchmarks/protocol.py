@@ -162,8 +162,8 @@ def _stage(
 def _best_changes(modality: str) -> dict:
     """The map settings where FAE's ``best`` preset for ``modality`` differs from the default."""
     cls = method_class(PROPOSED)
-    best, default = cls.preset("best", modality), cls.config_class()
-    return {k: best[k] for k in cls.MAP_SETTINGS if best[k] != getattr(default, k)}
+    default = cls.config_class()
+    return {k: v for k, v in cls.map_settings("best", modality).items() if v != getattr(default, k)}
 
 
 def best_label(changes: dict) -> str:

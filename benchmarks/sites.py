@@ -60,8 +60,7 @@ def main() -> None:
     runs = runs[: args.seeds] if args.seeds else runs
     cache = default_cache_dir()
     rows: dict[str, dict[str, list[dict]]] = {}
-    fae = method_class(PROPOSED)
-    changes = {k: fae.preset("best", "flair")[k] for k in fae.MAP_SETTINGS}
+    changes = method_class(PROPOSED).map_settings("best", "flair")
     steps = []
     for run in runs:
         est = load_method(run, progress=False)

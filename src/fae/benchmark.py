@@ -197,17 +197,15 @@ def _welch(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def write_summary(
-    summary: dict, runs: dict[str, list[dict]], out: Path, reference: str = REFERENCE
-) -> None:
-    """results.csv / .md / .json, bars.png and pr_curves.png in ``out`` (``reference``: the
-    method ``summarize`` tested against the others)."""
-    write_tables(summary, out, reference)
+def write_summary(summary: dict, runs: dict[str, list[dict]], out: Path) -> None:
+    """results.csv / .md / .json, bars.png and pr_curves.png in ``out``."""
+    write_tables(summary, out)
     save_pr_curves(runs, out / "pr_curves.png")
 
 
 def write_tables(summary: dict, out: Path, reference: str = REFERENCE) -> None:
-    """results.csv / .md / .json and bars.png in ``out``."""
+    """results.csv / .md / .json and bars.png in ``out`` (``reference``: the method that
+    ``summarize`` tested against the others)."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

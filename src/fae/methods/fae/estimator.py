@@ -53,6 +53,13 @@ class FAE(AnomalyMethod):
     # settings that change only the map of a trained model (see with_maps)
     MAP_SETTINGS = ("fusion", "volume_center", "slice_median")
 
+    @classmethod
+    def map_settings(cls, preset: str, modality: str | None = None) -> dict:
+        """The map settings of the named preset for ``modality``: the ``changes`` that
+        :meth:`with_maps` gives a run trained with other ones."""
+        settings = cls.preset(preset, modality)
+        return {k: settings[k] for k in cls.MAP_SETTINGS}
+
     def with_maps(self, healthy: SliceSet, **changes) -> FAE:
         """This trained model with other map settings (``fusion``, ``volume_center``,
         ``slice_median``), refitted and calibrated on the lesion-free slices of ``healthy``
