@@ -263,6 +263,15 @@ def test_benchmark_command_writes_tables_figures_and_resumes(tiny_synthetic, tmp
                     seeds += [float(r["dice_at_fpr"]) for r in csv.DictReader(fh)
                               if r["subject"] == row["subject"]]  # fmt: skip
             assert len(seeds) == 2 and float(row[method]) == pytest.approx(np.mean(seeds), abs=1e-4)
+    # and summed up per method: mean, median, patients with (next to) nothing found
+    table = (out / "per_patient.md").read_text()
+    for method in ("fae", "threshold", "ae-mse"):
+        dice = np.array([float(row[method]) for row in patients])
+        cells = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
+        n, mean, median, missed = cells.strip("| ").split(" | ")[1:]
+        assert int(n) == len(patients) and int(missed) == int((dice < 0.01).sum())
+        assert float(mean) == pytest.approx(dice.mean(), abs=2e-3)
+        assert float(median) == pytest.approx(np.median(dice), abs=2e-3)
     metrics = json.loads((out / "runs/fae/seed1/eval/metrics.json").read_text())
     assert metrics["steps"] == 2
     # the whole comparison in one page: each method's map (seed 0) on its own calibrated scale

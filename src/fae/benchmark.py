@@ -325,8 +325,9 @@ def pr_curves_figure(runs: dict[str, list[dict]]) -> Figure:
 
 
 def write_per_patient(per_subject: dict[str, list[list[dict]]], out: Path) -> dict:
-    """Each patient's Dice@5%FPR per method, mean over seeds, as ``per_patient.csv`` and
-    ``per_patient.png`` (:func:`per_patient_figure`) in ``out``; returns method → array in
+    """Each patient's Dice@5%FPR per method, mean over seeds, as ``per_patient.csv``,
+    ``per_patient.md`` (:func:`per_patient_markdown`) and ``per_patient.png``
+    (:func:`per_patient_figure`) in ``out``; returns method → array in
     the patients' order. ``per_subject``: per method, one list of per-patient rows
     (``subject``, ``lesion_pixels``, ``dice_at_fpr``, as in ``per_subject.csv``) per seed."""
     methods = list(per_subject)
@@ -344,9 +345,30 @@ def write_per_patient(per_subject: dict[str, list[list[dict]]], out: Path) -> di
         for i, row in enumerate(first):
             writer.writerow([row["subject"], row["lesion_pixels"],
                              *(f"{dice[m][i]:.4f}" for m in methods)])  # fmt: skip
+    with atomic_path(out / "per_patient.md") as tmp:
+        tmp.write_text(per_patient_markdown(dice))
     with atomic_path(out / "per_patient.png") as tmp:
         per_patient_figure(dice).savefig(tmp, format="png", dpi=110)
     return dice
+
+
+MISSED = 0.01  # a patient whose Dice@5%FPR is below this counts as one where nothing was found
+
+
+def per_patient_markdown(dice: dict[str, np.ndarray]) -> str:
+    """Per method: the mean and median of the patients' Dice@5%FPR, and how many patients it
+    finds (next to) nothing in. A pooled metric can hide that a few patients carry it."""
+    lines = [
+        f"| method | patients | mean | median | Dice < {MISSED} |",
+        "|---|---|---|---|---|",
+    ]
+    for method, values in dice.items():
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        lines.append(f"| {method} | {len(v)} | {v.mean():.3f} | {np.median(v):.3f} | "
+                     f"{int((v < MISSED).sum())} |")  # fmt: skip
+    lines += ["", "Dice@5%FPR per patient, each the mean over seeds (per_patient.csv)."]
+    return "\n".join(lines) + "\n"
 
 
 def per_patient_figure(dice: dict[str, np.ndarray], label: str = "Dice@5%FPR") -> Figure:
