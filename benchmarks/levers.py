@@ -18,6 +18,9 @@ then scores the same levers on the report patients, to report what was chosen:
   inside the brain (``volume_center``, :mod:`fae.postprocess`), alone, with the median
   (``center25-median3``), and on the fused map (``fusion-center25``,
   ``fusion-center25-median3``);
+- ``scale25``: centred on the 25 % quantile and divided by the scan's own spread, the 75 % minus
+  the 25 % quantile inside the brain, so that a scan whose map is noisy throughout counts for
+  less (alone and with the median, ``scale25-median3``);
 - ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
   errors sit), metrics still over the whole mask;
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
@@ -120,10 +123,12 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
     for q in (10, 25):
         levers[f"center{q}"] = _center(patients, base, q / 100)
     levers["center25-median3"] = _median3(patients, levers["center25"])
+    levers["scale25"] = _per_volume(patients, base, _scaled)
+    levers["scale25-median3"] = _median3(patients, levers["scale25"])
     levers["fusion-center25"] = _center(patients, levers["fusion"], 0.25)
     levers["fusion-center25-median3"] = _median3(patients, levers["fusion-center25"])
     threshold, _ = est.thresholds(0.05)
-    levers["components"] = _per_volume(patients, base, lambda v: _drop_small(v, threshold, 20))
+    levers["components"] = _per_volume(patients, base, lambda v, _: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
 
 
@@ -153,13 +158,20 @@ def _center(slices: SliceSet, maps: np.ndarray, quantile: float) -> np.ndarray:
     return center_volumes(maps, slices.masks, quantile, slices.subject)
 
 
+def _scaled(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """One scan's map minus its 25 % quantile inside ``brain``, over its 25–75 % spread."""
+    low, high = np.quantile(volume[brain], [0.25, 0.75]) if brain.any() else (0.0, 1.0)
+    return (volume - low) / max(high - low, 1e-12)
+
+
 def _per_volume(slices: SliceSet, maps: np.ndarray, fn) -> np.ndarray:
-    """``fn`` on each subject's maps stacked in slice order (N_s, S, S); 0 outside the brain."""
+    """``fn(maps, masks)`` on each subject's maps and brain masks stacked in slice order
+    (N_s, S, S); 0 outside the brain."""
     out = np.array(maps, copy=True)
     for i in range(len(slices.subject_ids)):
         rows = np.flatnonzero(slices.subject == i)
         rows = rows[np.argsort(slices.slice_index[rows])]
-        out[rows] = fn(maps[rows])
+        out[rows] = fn(maps[rows], slices.masks[rows])
     return np.where(slices.masks, out, 0)
 
 

@@ -168,7 +168,7 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     base += ["--cache-dir", str(tmp_path / "cache")]
     assert main([*base, "--preset", "best", "--out", str(tmp_path / "best")]) == 0
     saved = json.loads((tmp_path / "best" / "config.json").read_text())["config"]
-    assert saved["backbone"] == "efficientnet-lite1" and saved["standardize_features"]
+    assert saved["backbone"] == "efficientnet-lite0" and saved["standardize_features"]
     assert saved["fusion"] == "none" and not saved["train_batchnorm"], "best for T1: no fusion"
     assert saved["slice_median"] == 3, "best: the median across slices"
     assert saved["volume_center"] == 0.25, "best for T1: each scan centred"
