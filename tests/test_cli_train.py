@@ -184,7 +184,8 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert centred["volume_center"] == 0.25
     assert main([*base, "--volume-center", "1", "--out", str(tmp_path / "q1")]) == 2
     assert "volume_center must be a quantile" in capsys.readouterr().err
-    assert method_class("fae").preset("best", "flair")["fusion"] == "intensity"
+    flair = method_class("fae").preset("best", "flair")
+    assert flair["fusion"] == "intensity" and flair["volume_center"] == 0.25, "best for FLAIR"
     paper = method_class("fae").preset("paper", "t1")
     assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (
         "resnet18",
