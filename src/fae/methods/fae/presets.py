@@ -36,11 +36,7 @@ _BEST = {
 }
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"*": PAPER},
-    "best": {
-        "t1": _BEST,
-        "flair": {**_BEST, "fusion": "intensity"},
-        "*": _BEST,
-    },
+    "best": {"flair": {**_BEST, "fusion": "intensity"}, "*": _BEST},  # "*": T1 and the rest
 }
 
 
