@@ -2,9 +2,13 @@ import json
 
 import nibabel as nib
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
+from fae.data.discover import discover
+from fae.data.slices import prepare_dataset
 from fae.data.synthetic import make_synthetic
 from fae.demo import run_demo
+from fae.methods.base import load_method
 
 from conftest import fae
 
@@ -14,10 +18,22 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     r = fae("demo", "--out", tmp_path, "--subjects", 5, "--steps", 2)
     assert r.returncode == 0, r.stderr
     assert "| all | fae |" in r.stdout and "| all | threshold |" in r.stdout
+    assert "| all | brain area | – | – | – |" in r.stdout
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["steps"] == 2
-    assert set(saved["fae"]) == set(saved["threshold"]) and "all" in saved["fae"]
+    assert set(saved["fae"]) == set(saved["threshold"]) == set(saved["brain area"])
+    assert "all" in saved["fae"]
     assert 0 <= saved["fae"]["all"]["pixel_ap"] <= 1
+    # the brain area's slice AUROC, against sklearn on the same test slices
+    est = load_method(tmp_path / "run", progress=False)
+    assert est.config.volume_center == 0.25 and est.config.slice_median == 3  # best for T1
+    slices = prepare_dataset(
+        discover(tmp_path / "data" / "datalist.csv"), "t1", est.prep, tmp_path / "cache",
+        est.meta["splits"]["test"], False,
+    )  # fmt: skip
+    area = slices.masks.reshape(len(slices.masks), -1).sum(1)
+    expected = roc_auc_score(slices.slice_labels, area)
+    assert abs(saved["brain area"]["all"]["slice_auroc"] - expected) < 1e-12
     for name in (
         "fae_slices.png",
         "threshold_slices.png",
