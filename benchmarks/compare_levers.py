@@ -7,6 +7,10 @@ selection patients by default: levers are chosen there), the mean ± std over se
 method of each:
 
     .venv/bin/python benchmarks/compare_levers.py --modality t1 --steps 1000 benchmarks/results/*
+
+``--plot FILE`` also draws the learning curve: validation loss and each metric against the
+training steps, one line per method (mean over the seeds that every stage of it has, so that
+each line follows the same runs; ± std shaded).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fae.benchmark import METRICS
+from fae.io import atomic_path
 
 
 def main() -> None:
@@ -26,7 +31,9 @@ def main() -> None:
     parser.add_argument("--modality", choices=["t1", "flair"], required=True)
     parser.add_argument("--steps", type=int, help="one stage (default: every stage: the curve)")
     parser.add_argument("--subjects", choices=["select", "test"], default="select")
+    parser.add_argument("--plot", type=Path, help="a PNG of the learning curve")
     args = parser.parse_args()
+    curves: dict[str, dict[int, list[dict]]] = {}
     stage = f"{args.steps} steps" if args.steps else "every stage"
     print(f"LGG {args.modality}, {args.subjects} patients, {stage} (mean ± std):\n")
     print("| settings | method | steps | seeds | " + " | ".join(METRICS.values()) + " |")
@@ -47,6 +54,42 @@ def main() -> None:
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
                 cells.append(f"{values.mean():.3f} ± {std:.3f}")
             print(f"| {out.name} | {method} | {steps} | {len(rows)} | " + " | ".join(cells) + " |")
+            curves.setdefault(f"{out.name}: {method}", {})[steps] = rows
+    if args.plot:
+        plot_curves(curves, args.plot, f"LGG {args.modality}, {args.subjects} patients")
+
+
+def plot_curves(curves: dict[str, dict[int, list[dict]]], path: Path, title: str) -> None:
+    """Validation loss (methods that have one) and every metric against the training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"val_loss": "validation loss (healthy slices)", **METRICS}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (key, name) in zip(axes, panels.items(), strict=True):
+        for label, stages in curves.items():
+            steps = sorted(s for s, rows in stages.items() if all(r[key] for r in rows))
+            if len(steps) < 2:  # a curve needs two stages
+                continue
+            seeds = set.intersection(*({r["seed"] for r in stages[s]} for s in steps))
+            if not seeds:  # ... of the same runs
+                continue
+            kept = [[float(r[key]) for r in stages[s] if r["seed"] in seeds] for s in steps]
+            values = [np.array(v) for v in kept]
+            mean = np.array([v.mean() for v in values])
+            std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+            ax.plot(steps, mean, marker="o", label=label)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(name)
+        ax.set_xlabel("training steps")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
