@@ -76,8 +76,9 @@ def plot_curves(curves: dict[str, dict[int, list[dict]]], path: Path, title: str
             seeds = set.intersection(*({r["seed"] for r in stages[s]} for s in steps))
             if not seeds:  # ... of the same runs
                 continue
-            kept = [[float(r[key]) for r in stages[s] if r["seed"] in seeds] for s in steps]
-            values = [np.array(v) for v in kept]
+            values = [
+                np.array([float(r[key]) for r in stages[s] if r["seed"] in seeds]) for s in steps
+            ]
             mean = np.array([v.mean() for v in values])
             std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
             ax.plot(steps, mean, marker="o", label=label)

@@ -120,13 +120,20 @@ def evaluate_by_kind(
 ) -> dict[str, dict]:
     """Summaries over all subjects (``"all"``), then over the subjects of each anomaly kind."""
     out = {"all": evaluate_maps(slices, maps, scores)[0]}
+    for kind, keep in slices_by_kind(slices, kinds).items():
+        kept = None if scores is None else scores[keep]
+        out[kind] = evaluate_maps(slices.take(keep), maps[keep], kept)[0]
+    return out
+
+
+def slices_by_kind(slices: SliceSet, kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    """Each anomaly kind that ``slices`` has → the boolean mask of its subjects' slices."""
+    out = {}
     for kind in sorted(set(kinds.values())):
         ids = [i for i, s in enumerate(slices.subject_ids) if kinds.get(s) == kind]
         keep = np.isin(slices.subject, ids)
-        if not keep.any():
-            continue
-        kept = None if scores is None else scores[keep]
-        out[kind] = evaluate_maps(slices.take(keep), maps[keep], kept)[0]
+        if keep.any():
+            out[kind] = keep
     return out
 
 
