@@ -13,15 +13,16 @@ needs it). Where the ``best`` preset changes FAE's map (fusion with intensity an
 across slices on FLAIR; each scan centred on its quantile and the median on T1), FAE's runs are
 also evaluated with those settings (refitted and calibrated on the run's healthy validation
 scans), as method ``fae+fusion+median3`` / ``fae+center25+median3``: on FLAIR the learning
-curve of the ``best`` preset, whose training is FAE's own here (on T1 ``best`` trains with
-EfficientNet-Lite1: ``--config benchmarks/configs/levers/lite1.toml`` gives its curve). Stage
+curve of the ``best`` preset, whose training is FAE's own here (Lite0 with the lgg-cpu.toml
+settings, on both modalities). Stage
 by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
 leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``, the
 comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md`` with
 Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``; in ``fae+<settings>/``
 the same table with Welch p of FAE's ``best`` map settings against every other row); where
 every final run is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser)
-is written in ``OUT/lgg-<modality>``. Everything resumes: rerun the same command after an
+is written in ``OUT/lgg-<modality>`` (``--no-report`` skips it: a lever's runs need only
+their recorded numbers). Everything resumes: rerun the same command after an
 interruption. ``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole
 head as the "brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
 
@@ -85,6 +86,9 @@ def main() -> None:
         "mask, the skull left on, for contrast)",
     )
     parser.add_argument("--summary", action="store_true", help="only write the comparison")
+    parser.add_argument(
+        "--no-report", action="store_true", help="skip fae benchmark's report.html at the end"
+    )
     args = parser.parse_args()
     args.results = args.results or RESULTS / args.out.name
     _check_brain_mask(parser, args.results, args.brain_mask)
@@ -107,7 +111,7 @@ def main() -> None:
             summary = write_comparison(results, labels, args.seeds, stages[-1], subjects)
             print(modality, subjects, json.dumps({m: {k: round(summary[m][k]["mean"], 4)
                                                   for k in METRICS} for m in summary}))  # fmt: skip
-            if not args.summary and _all_runs_at(out, methods, args.seeds):
+            if not (args.summary or args.no_report) and _all_runs_at(out, methods, args.seeds):
                 data = SHARED / f"lgg-{modality}"
                 run_benchmark(data, out, methods, args.seeds, modality, stages[-1], overrides,
                               prep, SPLIT, cache, subjects=subjects)  # fmt: skip
@@ -140,16 +144,13 @@ def _stage(
     cache: Path,
 ) -> None:
     """One run trained (or extended) to ``steps`` and evaluated on both patient sets."""
-    data = SHARED / f"lgg-{modality}"
     run = out / "runs" / method / f"seed{seed}"
     changes = _best_changes(modality) if method == PROPOSED else {}
     best_missing = bool(changes) and not _done(results, best_label(changes), seed, steps)
     if not _done(results, method, seed, steps) or best_missing:
         # Training is deterministic: a run folder lost since its numbers were recorded is
         # retrained to the same weights when the best preset's rows still need it.
-        params = method_params(method, seed, steps, overrides.get(method, {}))
-        spec = RunSpec(data, modality, method, params, prep, **SPLIT)
-        train_or_resume(spec, run, cache, announce=print)
+        train_run(run, modality, method, seed, steps, overrides, prep, cache)
     if not _done(results, method, seed, steps):
         est = load_method(run, progress=False)
         for subjects in ("select", "test"):
@@ -157,6 +158,24 @@ def _stage(
             _record(results, method, seed, steps, subjects, *est.evaluate(patients), run)
     if best_missing:
         _record_best(results, seed, steps, run, changes, cache)
+
+
+def train_run(
+    run: Path,
+    modality: str,
+    method: str,
+    seed: int,
+    steps: int,
+    overrides: dict,
+    prep: PrepConfig,
+    cache: Path,
+) -> None:
+    """The protocol's run of ``method`` at ``seed`` in ``run``: trained to ``steps``, extended
+    to them, or left as it is when it has them (deterministic: a lost run comes back the
+    same)."""
+    params = method_params(method, seed, steps, overrides.get(method, {}))
+    spec = RunSpec(SHARED / f"lgg-{modality}", modality, method, params, prep, **SPLIT)
+    train_or_resume(spec, run, cache, announce=print)
 
 
 def _best_changes(modality: str) -> dict:
