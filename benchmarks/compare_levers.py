@@ -36,8 +36,9 @@ def main() -> None:
     curves: dict[str, dict[int, list[dict]]] = {}
     stage = f"{args.steps} steps" if args.steps else "every stage"
     print(f"LGG {args.modality}, {args.subjects} patients, {stage} (mean ± std):\n")
-    print("| settings | method | steps | seeds | " + " | ".join(METRICS.values()) + " |")
-    print("|" + "---|" * (len(METRICS) + 4))
+    columns = {"val_loss": "validation loss", **METRICS}
+    print("| settings | method | steps | seeds | " + " | ".join(columns.values()) + " |")
+    print("|" + "---|" * (len(columns) + 4))
     for out in args.outs:
         path = out / f"lgg-{args.modality}" / "curve.csv"
         if not path.exists():
@@ -49,7 +50,10 @@ def main() -> None:
                     groups.setdefault((r["method"], int(r["steps"])), []).append(r)
         for (method, steps), rows in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1])):
             cells = []
-            for metric in METRICS:
+            for metric in columns:
+                if not all(r[metric] for r in rows):  # a method without training
+                    cells.append("–")
+                    continue
                 values = np.array([float(r[metric]) for r in rows])
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
                 cells.append(f"{values.mean():.3f} ± {std:.3f}")

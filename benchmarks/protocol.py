@@ -1,30 +1,29 @@
 """The paper's protocol on the brain-extracted LGG scans, with its learning curve.
 
-Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps
-by default — each stage extending the last (bit-identical to one uninterrupted run), and
-evaluated after each stage on the selection patients and on the report patients of the
-three-way split. The runs (checkpoints, training logs) go to ``--out``; every
-evaluation's numbers (summary, per-patient Dice, PR curve, validation loss) also go to
-``--results`` (default ``benchmarks/results/<name of --out>``, kept in the repository): that
-record is what a rerun skips by, and what the README's tables, bar charts and per-patient Dice
-are made from (``--summary`` writes them without training), so finished stages survive the
-loss of the run folders (a lost run is retrained, bit-identically, only where a row still
-needs it). Where the ``best`` preset changes FAE's map (fusion with intensity and the median
-across slices on FLAIR; each scan centred on its quantile and the median on T1), FAE's runs are
-also evaluated with those settings (refitted and calibrated on the run's healthy validation
-scans), as method ``fae+fusion+median3`` / ``fae+center25+median3``: on FLAIR the learning
-curve of the ``best`` preset, whose training is FAE's own here (Lite0 with the lgg-cpu.toml
-settings, on both modalities). Stage
-by stage: every run reaches 1,000 steps before any goes on to 2,000, so that an early stop
-leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``, the
-comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md`` with
-Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``; in ``fae+<settings>/``
-the same table with Welch p of FAE's ``best`` map settings against every other row); where
-every final run is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser)
-is written in ``OUT/lgg-<modality>`` (``--no-report`` skips it: a lever's runs need only
-their recorded numbers). Everything resumes: rerun the same command after an
-interruption. ``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole
-head as the "brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
+Every (modality, method, seed) run is trained in stages — 1,000, 2,000, 5,000, 10,000 steps by
+default — each stage extending the last (bit-identical to one uninterrupted run), and evaluated
+after each stage on the selection patients and on the report patients of the three-way split.
+The runs (checkpoints, training logs) go to ``--out``; every evaluation's numbers (summary,
+per-patient Dice, PR curve, validation loss) also go to ``--results`` (default
+``benchmarks/results/<name of --out>``, kept in the repository): that record is what a rerun
+skips by, and what the README's tables, bar charts and per-patient Dice are made from
+(``--summary`` writes them without training), so finished stages survive the loss of the run
+folders (a lost run is retrained, bit-identically, only where a row still needs it). Where the
+``best`` preset changes FAE's map (fusion with intensity and the median across slices on FLAIR;
+each scan centred on its quantile and the median on T1), FAE's runs are also evaluated with
+those settings (refitted and calibrated on the run's healthy validation scans), as method
+``fae+fusion+median3`` / ``fae+center25+median3``: on FLAIR the learning curve of the ``best``
+preset, whose training is FAE's own here (Lite0 with the lgg-cpu.toml settings, on both
+modalities). Stage by stage: every run reaches 1,000 steps before any goes on to 2,000, so that
+an early stop leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``,
+the comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md``
+with Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``; in
+``fae+<settings>/`` the same table with Welch p of FAE's ``best`` map settings against every
+other row); where every final run is at hand, ``fae benchmark``'s report (``report.html`` with
+the slice browser) is written in ``OUT/lgg-<modality>`` (``--no-report`` skips it: a lever's
+runs need only their recorded numbers). Everything resumes: rerun the same command after an
+interruption. ``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole head
+as the "brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
 
     .venv/bin/python benchmarks/protocol.py --modality t1,flair --methods fae --seeds 5 \
         --out benchmark-output/protocol
