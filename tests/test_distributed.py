@@ -78,8 +78,10 @@ def _worker(rank: int, size: int, port: int, out: Path) -> None:
     assert distributed.init_from_env("cpu")
     try:
         _fit(out)
-    finally:
-        distributed.close()
+    except BaseException:
+        distributed.close(wait=False)
+        raise
+    distributed.close()
 
 
 def _free_port() -> int:

@@ -53,9 +53,14 @@ def init_from_env(device: str = "auto") -> bool:
     return True
 
 
-def close() -> None:
-    """Leave the process group (at the end of a distributed command)."""
+def close(wait: bool = True) -> None:
+    """Leave the process group (at the end of a distributed command). On a clean exit every rank
+    first waits for the others, so that none tears its connections down while a peer still
+    finishes (gloo then aborts the peer with "terminate called without an active exception");
+    after an error (``wait=False``) leave at once: a barrier would hang on a rank that died."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
