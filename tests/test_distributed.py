@@ -76,12 +76,8 @@ def _worker(rank: int, size: int, port: int, out: Path) -> None:
     )  # fmt: skip
     torch.set_num_threads(1)
     assert distributed.init_from_env("cpu")
-    try:
+    with distributed.leaving():
         _fit(out)
-    except BaseException:
-        distributed.close(wait=False)
-        raise
-    distributed.close()
 
 
 def _free_port() -> int:

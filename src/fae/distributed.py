@@ -64,6 +64,18 @@ def close(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def leaving() -> Iterator[None]:
+    """Leave the process group when the block ends: with the other ranks after a clean exit, at
+    once after an error or an interrupt (:func:`close`)."""
+    try:
+        yield
+    except BaseException:
+        close(wait=False)
+        raise
+    close()
+
+
 def barrier() -> None:
     """Wait until every rank gets here."""
     if rank_and_size()[1] > 1:

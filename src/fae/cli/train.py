@@ -144,16 +144,12 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
     try:
-        estimator = train_or_resume(spec, folder, options.cache_dir(args), announce=print)
+        with distributed.leaving():
+            estimator = train_or_resume(spec, folder, options.cache_dir(args), announce=print)
     except KeyboardInterrupt:
-        distributed.close(wait=False)
         if main:
             print(f"fae: interrupted; continue with: fae train --resume {folder}", file=sys.stderr)
         return 130
-    except BaseException:
-        distributed.close(wait=False)
-        raise
-    distributed.close()
     if main:
         print(
             f"run {folder}: trained {estimator.step_} steps; checkpoint {folder / 'checkpoint.pt'}"
