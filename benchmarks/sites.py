@@ -8,8 +8,9 @@ brain pixels at or above the run's calibrated 5 %-FPR pixel threshold ("flagged"
 tissue it should be about 0.05 plus the lesion), for:
 
 - ``fae``: the structural map, calibrated on LGG (what a new user gets from a plain run);
-- ``best``: the ``best`` preset's FLAIR map (fusion with intensity, median over 3 slices),
-  fitted on LGG's healthy slices;
+- ``best``: the ``best`` preset's FLAIR map (fusion with intensity, each scan centred on its
+  own quantile, median over 3 slices: whatever the preset holds now), fitted on LGG's healthy
+  slices;
 - ``best, site-calibrated``: the same after ``fae calibrate`` on the site's healthy slices,
   which refits the fusion's healthy distributions and the thresholds. No site here has healthy
   scans, so its patients' lesion-free slices stand in for them: for each scan, those of the
@@ -22,7 +23,10 @@ tissue it should be about 0.05 plus the lesion), for:
 
     .venv/bin/python benchmarks/sites.py --out benchmark-output/protocol [--fine-tune 300]
 
-The table lands in ``OUT/lgg-flair/sites.md`` (``sites-fine-tune-N.md`` with ``--fine-tune``).
+Each run's scores are kept in ``RESULTS/lgg-flair/sites[-fine-tune-N]/seedK-STEP.json``
+(``--results``, default ``benchmarks/results/<out's name>``), and a run already scored at its
+step is not scored again, so an interrupted run goes on where it stopped; the table over the
+seeds lands beside them in ``sites[-fine-tune-N].md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from fae.benchmark import mean_std
 from fae.data.cache import default_cache_dir
@@ -46,6 +51,7 @@ from fae.postprocess import median_across_slices
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc", "flagged")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RESULTS = Path(__file__).parent / "results"
 SITES = {"brats2013": SHARED / "brats2013-flair", "ms": SHARED / "ms-lesjak"}
 
 
@@ -54,50 +60,66 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
     parser.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: every run)")
     parser.add_argument("--fine-tune", type=int, default=0, metavar="N", help="steps (0: none)")
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results/<out's name>")
     args = parser.parse_args()
     folder = args.out / "lgg-flair"
+    results = (args.results or RESULTS / args.out.name) / "lgg-flair"
+    name = f"sites-fine-tune-{args.fine_tune}" if args.fine_tune else "sites"
     runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
     runs = runs[: args.seeds] if args.seeds else runs
-    cache = default_cache_dir()
-    rows: dict[str, dict[str, list[dict]]] = {}
-    changes = method_class(PROPOSED).map_settings("best", "flair")
-    steps = []
-    for run in runs:
+    records = []
+    for run in tqdm(runs, desc="seeds", unit="run"):
         est = load_method(run, progress=False)
-        steps.append(est.step_)
-        lgg = discover(est.meta["data"])
-        val = prepare_dataset(lgg, "flair", est.prep, cache, est.meta["splits"]["val"], False)
-        best = est.with_maps(val, **changes)
-        for site, path in SITES.items():
-            scans = prepare_dataset(discover(path), "flair", est.prep, cache, progress=False)
-            maps = {
-                "fae": (est.predict(scans), est.thresholds(0.05)[0]),
-                "best": (best.predict(scans), best.thresholds(0.05)[0]),
-                "best, site-calibrated": _at_site(best, scans, _calibrated),
-            }
-            if args.fine_tune:
-                tune = partial(_fine_tuned, steps=args.fine_tune, changes=changes)
-                maps["best, site-fine-tuned"] = _at_site(est, scans, tune)
-            intensity = np.where(scans.masks, scans.images, 0)
-            maps["threshold"] = (intensity, None)
-            maps["threshold + median"] = (
-                median_across_slices(intensity, scans.masks, 3, scans.subject, scans.slice_index),
-                None,
-            )
-            for name, (m, threshold) in maps.items():
-                rows.setdefault(site, {}).setdefault(name, []).append(
-                    _score(scans, m, est.config.slice_score, threshold)
-                )
-    result = {"seeds": len(runs), "steps": steps, "sites": {}}
-    for site, by_variant in rows.items():
-        result["sites"][site] = {name: _summary(r) for name, r in by_variant.items()}
-    name = f"sites-fine-tune-{args.fine_tune}" if args.fine_tune else "sites"
-    with atomic_path(folder / f"{name}.json") as tmp:
+        path = results / name / f"{run.name}-{est.step_}.json"
+        if not path.exists():  # a seed scored at this step before is not scored again
+            record = {"steps": est.step_, "sites": _score_run(est, args.fine_tune)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(record, indent=1, default=float))
+        records.append(json.loads(path.read_text()))
+    result = {"seeds": len(records), "steps": [r["steps"] for r in records], "sites": {}}
+    for site in SITES:
+        variants = records[0]["sites"][site] if records else {}
+        result["sites"][site] = {
+            variant: _summary([r["sites"][site][variant] for r in records]) for variant in variants
+        }
+    with atomic_path(results / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     text = _markdown(result)
-    with atomic_path(folder / f"{name}.md") as tmp:
+    with atomic_path(results / f"{name}.md") as tmp:
         tmp.write_text(text)
     print(text)
+
+
+def _score_run(est, fine_tune: int) -> dict[str, dict[str, dict]]:
+    """Every map of one run on every site → its scores (site → map → metric → value)."""
+    cache = default_cache_dir()
+    changes = method_class(PROPOSED).map_settings("best", "flair")
+    lgg = discover(est.meta["data"])
+    val = prepare_dataset(lgg, "flair", est.prep, cache, est.meta["splits"]["val"], False)
+    best = est.with_maps(val, **changes)
+    scored: dict[str, dict[str, dict]] = {}
+    for site, path in SITES.items():
+        scans = prepare_dataset(discover(path), "flair", est.prep, cache, progress=False)
+        maps = {
+            "fae": (est.predict(scans), est.thresholds(0.05)[0]),
+            "best": (best.predict(scans), best.thresholds(0.05)[0]),
+            "best, site-calibrated": _at_site(best, scans, _calibrated),
+        }
+        if fine_tune:
+            tune = partial(_fine_tuned, steps=fine_tune, changes=changes)
+            maps["best, site-fine-tuned"] = _at_site(est, scans, tune)
+        intensity = np.where(scans.masks, scans.images, 0)
+        maps["threshold"] = (intensity, None)
+        maps["threshold + median"] = (
+            median_across_slices(intensity, scans.masks, 3, scans.subject, scans.slice_index),
+            None,
+        )
+        scored[site] = {
+            variant: _score(scans, m, est.config.slice_score, threshold)
+            for variant, (m, threshold) in maps.items()
+        }
+    return scored
 
 
 def _at_site(est, scans: SliceSet, adapt) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +147,7 @@ def _fine_tuned(est, healthy: SliceSet, steps: int, changes: dict):
     with the ``best`` map settings, which also fits and calibrates them there (``fae train
     --init``)."""
     params = {**est.config.to_dict(), **changes, "steps": steps, "checkpoint_every": steps}
-    tuned = type(est)(prep=est.prep, device=est.device, progress=est.progress, **params)
+    tuned = type(est)(prep=est.prep, device=est.device, progress=True, **params)  # a bar each
     return tuned.fit(healthy.lesion_free(), healthy, init=est)
 
 
