@@ -24,8 +24,9 @@ tissue it should be about 0.05 plus the lesion), for:
     .venv/bin/python benchmarks/sites.py --out benchmark-output/protocol [--fine-tune 300]
 
 Each run's scores are kept in ``RESULTS/lgg-flair/sites[-fine-tune-N]/seedK-STEP.json``
-(``--results``, default ``benchmarks/results/<out's name>``), and a run already scored at its
-step is not scored again, so an interrupted run goes on where it stopped; the table over the
+(``--results``, default ``benchmarks/results/<out's name>``) with the ``best`` settings they
+had, and a run already scored at its step with today's ``best`` is not scored again, so an
+interrupted run goes on where it stopped; the table over the
 seeds lands beside them in ``sites[-fine-tune-N].md`` and ``.json``.
 """
 
@@ -67,16 +68,19 @@ def main() -> None:
     name = f"sites-fine-tune-{args.fine_tune}" if args.fine_tune else "sites"
     runs = sorted((folder / "runs" / "fae").glob("seed*"), key=lambda p: int(p.name[4:]))
     runs = runs[: args.seeds] if args.seeds else runs
+    changes = method_class(PROPOSED).map_settings("best", "flair")
     records = []
     for run in tqdm(runs, desc="seeds", unit="run"):
         est = load_method(run, progress=False)
         path = results / name / f"{run.name}-{est.step_}.json"
-        if not path.exists():  # a seed scored at this step before is not scored again
-            record = {"steps": est.step_, "sites": _score_run(est, args.fine_tune)}
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if record.get("best") != changes:  # not scored at this step with today's preset
+            sites = _score_run(est, changes, args.fine_tune)
+            record = {"steps": est.step_, "best": changes, "sites": sites}
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(record, indent=1, default=float))
-        records.append(json.loads(path.read_text()))
+        records.append(record)
     result = {"seeds": len(records), "steps": [r["steps"] for r in records], "sites": {}}
     for site in SITES:
         variants = records[0]["sites"][site] if records else {}
@@ -91,10 +95,10 @@ def main() -> None:
     print(text)
 
 
-def _score_run(est, fine_tune: int) -> dict[str, dict[str, dict]]:
-    """Every map of one run on every site → its scores (site → map → metric → value)."""
+def _score_run(est, changes: dict, fine_tune: int) -> dict[str, dict[str, dict]]:
+    """Every map of one run on every site → its scores (site → map → metric → value); ``best``
+    is the run with the map settings ``changes``."""
     cache = default_cache_dir()
-    changes = method_class(PROPOSED).map_settings("best", "flair")
     lgg = discover(est.meta["data"])
     val = prepare_dataset(lgg, "flair", est.prep, cache, est.meta["splits"]["val"], False)
     best = est.with_maps(val, **changes)
