@@ -129,4 +129,7 @@ def test_resize_is_pytorchs_bilinear(size_in):
         got = _resize(stack, 128)
         assert got.dtype == np.float32 and got.shape == (3, 128, 128)
         np.testing.assert_allclose(got, expected, rtol=0, atol=2.5e-7)
-        np.testing.assert_array_equal(got > 0.5, expected > 0.5)
+        # a mask pixel that is a tie (0.5 up to rounding, which differs between CPUs' SIMD
+        # kernels) may fall either side of the threshold; every other one must agree
+        decided = np.abs(expected - 0.5) > 2.5e-7
+        np.testing.assert_array_equal((got > 0.5)[decided], (expected > 0.5)[decided])
