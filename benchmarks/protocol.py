@@ -63,7 +63,7 @@ SPLIT = {"test_fraction": 0.35, "val_fraction": 0.1, "select_fraction": 0.15, "s
 CONFIG = Path(__file__).parent / "configs" / "lgg-cpu.toml"
 RESULTS = Path(__file__).parent / "results"
 STAGES = (1000, 2000, 5000, 10_000)
-COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS)
+COLUMNS = ("method", "seed", "steps", "subjects", "val_loss", *METRICS, "precision")
 
 
 def main() -> None:
@@ -153,8 +153,9 @@ def _stage(
     if not _done(results, method, seed, steps):
         est = load_method(run, progress=False)
         for subjects in ("select", "test"):
-            patients = _patients(est, subjects, cache)
-            _record(results, method, seed, steps, subjects, *est.evaluate(patients), run)
+            summary, per_subject = est.evaluate(_patients(est, subjects, cache))
+            precision = est.meta["precision"]
+            _record(results, method, seed, steps, subjects, summary, per_subject, run, precision)
     if best_missing:
         _record_best(results, seed, steps, run, changes, cache)
 
@@ -221,7 +222,8 @@ def _record_best(
     best = est.with_maps(_patients(est, "val", cache), **changes)
     for subjects in ("select", "test"):
         summary, per_subject = best.evaluate(_patients(est, subjects, cache))
-        _record(results, best_label(changes), seed, steps, subjects, summary, per_subject, run)
+        label, precision = best_label(changes), best.meta["precision"]
+        _record(results, label, seed, steps, subjects, summary, per_subject, run, precision)
 
 
 def _rows(results: Path) -> list[dict]:
@@ -253,13 +255,20 @@ def _record(
     summary: dict,
     per_subject: list[dict],
     run: Path,
+    precision: str,
 ) -> None:
-    """Keep one evaluation: its JSON (summary with PR curve, per-patient Dice) and its row of
-    ``curve.csv`` (both rewritten atomically)."""
+    """Keep one evaluation: its JSON (summary with PR curve, per-patient Dice, the precision the
+    run trained and mapped in: ``auto`` is bf16 or fp32 by CPU) and its row of ``curve.csv``
+    (both rewritten atomically)."""
     val_loss = _val_loss(run, steps)
     path = _evaluation(results, method, seed, steps, subjects)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"summary": summary, "per_subject": per_subject, "val_loss": val_loss}
+    record = {
+        "summary": summary,
+        "per_subject": per_subject,
+        "val_loss": val_loss,
+        "precision": precision,
+    }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=float))
     row = {"method": method, "seed": seed, "steps": steps, "subjects": subjects}
@@ -267,6 +276,7 @@ def _record(
     rows = [r for r in _rows(results) if tuple(r[k] for k in row) != key]
     row["val_loss"] = val_loss
     row.update({k: f"{summary[k]:.6f}" for k in METRICS})
+    row["precision"] = precision
     rows.append(row)
     with atomic_path(results / "curve.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, COLUMNS)

@@ -124,14 +124,17 @@ def test_missing_imagenet_weights_names_the_ways_out(tiny_data, tmp_path, monkey
 
 def test_cli_precision_flags(tiny_data, tmp_path):
     run = tmp_path / "run"
+    config = tmp_path / "tiny.toml"
+    config.write_text("hidden = [16, 32]\nbatch_size = 8\n")
     args = ["train", "--data", str(tiny_data), "--out", str(run), "--no-pretrained"]
+    args += ["--config", str(config), "--size", "64", "--cache-dir", str(tmp_path / "cache")]
     args += ["--steps", "2", "--batchnorm", "frozen", "--precision", "fp32"]
     assert main(args) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["precision"] == "fp32" and saved["meta"]["precision"] == "fp32"
     out = tmp_path / "eval"
     assert main(["evaluate", "--run", str(run), "--data", str(tiny_data), "--out", str(out),
-                 "--precision", "bf16"]) == 0  # fmt: skip
+                 "--precision", "bf16", "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
     assert json.loads((out / "metrics.json").read_text())["precision"] == "bf16"
 
 

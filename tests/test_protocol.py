@@ -1,0 +1,56 @@
+"""``benchmarks/protocol.py``'s record of each evaluation: what a rerun skips by and what the
+README's tables are made from, so it must keep older rows and say which precision made a row."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol.py"
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("protocol", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def summary(value: float) -> dict:
+    return {"pixel_ap": value, "dice_at_fpr": value, "best_dice": value, "slice_auroc": value}
+
+
+def test_records_keep_older_rows_and_name_their_precision(protocol, tmp_path):
+    results, run = tmp_path / "results", tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.csv").write_text("step,loss,val_loss\n1000,0.5,0.4321\n")
+    results.mkdir()
+    # a curve written before rows named their precision
+    old = "method,seed,steps,subjects,val_loss,pixel_ap,dice_at_fpr,best_dice,slice_auroc\n"
+    old += "fae,0,1000,select,0.45,0.2,0.2,0.2,0.8\n"
+    (results / "curve.csv").write_text(old)
+    per_subject = [{"subject": "a", "dice_at_fpr": 0.5}]
+    for subjects in ("select", "test"):
+        protocol._record(results, "fae", 1, 1000, subjects, summary(0.3), per_subject, run, "fp32")
+    with (results / "curve.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["seed"], r["subjects"], r["precision"]) for r in rows] == [
+        ("0", "select", ""),  # unknown: kept as it was
+        ("1", "select", "fp32"),
+        ("1", "test", "fp32"),
+    ]
+    assert rows[1]["val_loss"] == "0.4321" and rows[1]["pixel_ap"] == "0.300000"
+    record = json.loads((results / "fae" / "seed1" / "test-1000.json").read_text())
+    assert record["precision"] == "fp32" and record["per_subject"] == per_subject
+    assert protocol._done(results, "fae", 1, 1000)
+    assert not protocol._done(results, "fae", 0, 1000), "a row without its evaluation JSON"
+    # recording the same evaluation again replaces its row, it does not add one
+    protocol._record(results, "fae", 1, 1000, "test", summary(0.4), per_subject, run, "bf16")
+    with (results / "curve.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and rows[-1]["precision"] == "bf16" and rows[-1]["pixel_ap"] == "0.400000"
