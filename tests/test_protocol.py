@@ -3,7 +3,6 @@ README's tables are made from, so it must keep older rows and say which precisio
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -37,8 +36,7 @@ def test_records_keep_older_rows_and_name_their_precision(protocol, tmp_path):
     per_subject = [{"subject": "a", "dice_at_fpr": 0.5}]
     for subjects in ("select", "test"):
         protocol._record(results, "fae", 1, 1000, subjects, summary(0.3), per_subject, run, "fp32")
-    with (results / "curve.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = protocol._rows(results)
     assert [(r["seed"], r["subjects"], r["precision"]) for r in rows] == [
         ("0", "select", ""),  # unknown: kept as it was
         ("1", "select", "fp32"),
@@ -51,6 +49,5 @@ def test_records_keep_older_rows_and_name_their_precision(protocol, tmp_path):
     assert not protocol._done(results, "fae", 0, 1000), "a row without its evaluation JSON"
     # recording the same evaluation again replaces its row, it does not add one
     protocol._record(results, "fae", 1, 1000, "test", summary(0.4), per_subject, run, "bf16")
-    with (results / "curve.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = protocol._rows(results)
     assert len(rows) == 3 and rows[-1]["precision"] == "bf16" and rows[-1]["pixel_ap"] == "0.400000"
