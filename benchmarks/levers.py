@@ -21,13 +21,17 @@ then scores the same levers on the report patients, to report what was chosen:
 - ``scale25``: centred on the 25 % quantile and divided by the scan's own spread, the 75 % minus
   the 25 % quantile inside the brain, so that a scan whose map is noisy throughout counts for
   less (alone and with the median, ``scale25-median3``);
+- ``center25-dark``, ``center25-dark-median3``: the centred map times how dark each pixel is
+  for healthy tissue (``dark_weight``: P_healthy(brighter), 0.5 to 1, fitted on the run's
+  healthy validation slices), without and with the median;
 - ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
   errors sit), metrics still over the whole mask;
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
   voxels set to 0;
 - ``ensemble``: the mean map over the seeds (one value);
 - ``threshold``, ``threshold-median3`` and ``threshold-center25-median3``: the image intensity,
-  alone, with the median, and centred per scan with the median.
+  alone, with the median, and centred per scan with the median; ``threshold-dark``: the
+  negated intensity (dark is suspicious).
 
 The table goes to ``RESULTS/lgg-<modality>/levers[-test].md`` and ``.json`` (``--results``,
 default ``benchmarks/results/<name of --out>``, kept in the repository).
@@ -92,6 +96,7 @@ def main() -> None:
     table["threshold-median3"] = _summary([_score(patients, _median3(patients, intensity))])
     centred = _median3(patients, _center(patients, intensity, 0.25))
     table["threshold-center25-median3"] = _summary([_score(patients, centred)])
+    table["threshold-dark"] = _summary([_score(patients, np.where(patients.masks, -intensity, 0))])
     result = {
         "modality": args.modality,
         "subjects": args.subjects,
@@ -123,6 +128,9 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
     for q in (10, 25):
         levers[f"center{q}"] = _center(patients, base, q / 100)
     levers["center25-median3"] = _median3(patients, levers["center25"])
+    for name, median in (("center25-dark", 1), ("center25-dark-median3", 3)):
+        dark = est.with_maps(healthy, volume_center=0.25, dark_weight=True, slice_median=median)
+        levers[name] = dark.predict(patients)
     levers["scale25"] = _per_volume(patients, base, _scaled)
     levers["scale25-median3"] = _median3(patients, levers["scale25"])
     levers["fusion-center25"] = _center(patients, levers["fusion"], 0.25)

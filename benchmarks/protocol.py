@@ -190,6 +190,7 @@ def best_label(changes: dict) -> str:
     ``fae+fusion``, ``fae+median3``..."""
     names = {
         "fusion": lambda v: "fusion",
+        "dark_weight": lambda v: "dark",
         "volume_center": lambda v: f"center{round(100 * v)}",
         "slice_median": lambda v: f"median{v}",
     }

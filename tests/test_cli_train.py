@@ -184,7 +184,9 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     centre = ["--volume-center", "0.25", "--backbone", "efficientnet-lite0"]
     assert main([*base, *centre, "--out", str(tmp_path / "centred")]) == 0
     centred = json.loads((tmp_path / "centred/config.json").read_text())["config"]
-    assert centred["volume_center"] == 0.25
+    assert centred["volume_center"] == 0.25 and not centred["dark_weight"]
+    assert main([*base, *centre, "--dark-weight", "--out", str(tmp_path / "dark")]) == 0
+    assert json.loads((tmp_path / "dark/config.json").read_text())["config"]["dark_weight"]
     assert main([*base, "--volume-center", "1", "--out", str(tmp_path / "q1")]) == 2
     assert "volume_center must be a quantile" in capsys.readouterr().err
     flair = method_class("fae").preset("best", "flair")

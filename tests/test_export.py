@@ -132,6 +132,34 @@ def test_fused_centred_and_median_maps_are_exported_too(root):
     assert not np.allclose(uncentred, got), "each scan's map is centred"
 
 
+def test_the_dark_weight_is_exported_as_a_second_output(root):
+    """A run with ``dark_weight`` exports its weights beside its maps, and the exported model
+    weights each centred map as the run does."""
+    run = trained(root, "fae")
+    est = load_method(run, progress=False, precision="fp32")
+    dataset = discover(root / "data" / "datalist.csv")
+    val = prepare_dataset(dataset, "t1", est.prep, root / "cache", est.meta["splits"]["val"], False)
+    dark = est.with_maps(val, dark_weight=True, volume_center=0.25, slice_median=3)
+    dark.save_run(root / "dark")
+    r = fae("export", root / "dark", "--out", root / "dark.onnx")
+    assert r.returncode == 0, r.stderr
+    exported = ExportedModel(root / "dark.onnx")
+    assert exported.config["dark_weight"]
+    slices = report_slices(root, est)
+    weights = exported.weights(slices.images[:, None])[:, 0]
+    expected_weights = dark.map_weight(slices.images, slices.masks)
+    brain = slices.masks
+    np.testing.assert_allclose(weights[brain], expected_weights[brain], atol=1e-6)
+    assert weights[brain].min() >= 0.5 - 1e-6 and weights[brain].max() > 0.9
+    expected = dark.predict(slices)
+    got = exported.predict(slices.images, slices.masks, 64, slices.subject, slices.slice_index)
+    assert np.abs(got - expected).max() < 1e-4 and np.ptp(expected) > 0
+    exported.config = {**exported.config, "dark_weight": False}
+    unweighted = exported.predict(slices.images, slices.masks, 64, slices.subject,
+                                  slices.slice_index)  # fmt: skip
+    assert not np.allclose(unweighted, got), "the weight is applied"
+
+
 def test_the_fusions_arithmetic_exports_exactly(tmp_path):
     class Fused(torch.nn.Module):  # the fusion of StructuralFAE.forward, on given maps
         def __init__(self):

@@ -250,6 +250,39 @@ def test_fusion_can_be_added_to_a_run_trained_without_it(healthy):
     np.testing.assert_array_equal(back.predict(images, brain), plain.predict(images, brain))
 
 
+def test_dark_weight_scales_each_centred_map_by_how_dark_the_tissue_is(healthy, tmp_path):
+    """``dark_weight`` is fitted on the healthy calibration slices' intensities (no labels):
+    1 for tissue darker than healthy tissue, 0.5 for the brighter half; the map is the centred
+    map times it, then the median. It changes only the map: added to a run trained without it,
+    it maps as the same run trained with it, and it round-trips through the checkpoint."""
+    params = {**TINY, "steps": 3, "volume_center": 0.25, "slice_median": 3}
+    est = FAE(prep=PREP, progress=False, **{**params, "dark_weight": True})
+    est.fit(healthy, run_dir=tmp_path / "run")
+    brain = healthy.masks
+    weight = est.map_weight(healthy.images, brain)
+    intensity = healthy.images[brain]
+    w = weight[brain]
+    assert w.min() >= 0.5 - 1e-6 and w.max() <= 1
+    median = np.median(intensity)
+    assert np.all(w[intensity >= median + 1e-3] == pytest.approx(0.5, abs=1e-3))
+    darkest = intensity <= np.quantile(intensity, 0.001)
+    assert w[darkest].min() > 0.99, "the darkest healthy tissue counts fully"
+    order = np.argsort(intensity)
+    assert np.all(np.diff(w[order]) <= 1e-6), "darker never weighs less"
+    plain = FAE(prep=PREP, progress=False, **params).fit(healthy)
+    centred = center_volumes(plain.maps(healthy.images, brain, plain.model_), brain, 0.25,
+                             healthy.subject)  # fmt: skip
+    expected = median_across_slices(
+        centred * weight, brain, 3, healthy.subject, healthy.slice_index
+    )
+    np.testing.assert_allclose(est.predict(healthy), expected, rtol=1e-5, atol=1e-6)
+    added = plain.with_maps(healthy, dark_weight=True)
+    np.testing.assert_allclose(added.predict(healthy), est.predict(healthy), atol=1e-6)
+    assert plain.map_weight(healthy.images, brain) is None and not plain.config.dark_weight
+    loaded = FAE.load(tmp_path / "run", progress=False)
+    np.testing.assert_allclose(loaded.predict(healthy), est.predict(healthy), atol=1e-6)
+
+
 def test_slice_median_maps_and_calibrates_per_volume(healthy):
     """``slice_median`` filters each subject's maps along its slices, in ``predict`` and in the
     calibration (thresholds of the filtered healthy maps); other settings cannot be swapped."""

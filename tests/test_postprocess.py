@@ -96,3 +96,21 @@ def test_finish_maps_centres_then_filters_and_refuses_bad_quantiles():
     for bad in (-0.1, 1.0):
         with pytest.raises(FaeInputError, match="volume_center"):
             TrainingConfig(volume_center=bad)
+
+
+def test_the_weight_scales_the_centred_map_before_the_median():
+    """The weight multiplies what stands out within the scan: after the centring (so a scan's
+    own level is not weighted) and before the median across slices."""
+    rng = np.random.default_rng(4)
+    volume, slice_index = np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1])
+    maps = rng.random((5, 3, 3)).astype(np.float32) + 5  # a high level that the centring removes
+    masks = np.ones_like(maps, bool)
+    masks[1, 1, 1] = False
+    weight = rng.uniform(0.5, 1, maps.shape).astype(np.float32)
+    got = finish_maps(maps, masks, 0.25, 3, volume, slice_index, weight)
+    centred = center_volumes(maps, masks, 0.25, volume)
+    expected = median_across_slices(centred * weight, masks, 3, volume, slice_index)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    weighted_first = finish_maps(maps * weight, masks, 0.25, 3, volume, slice_index)
+    assert not np.allclose(got, weighted_first), "the order matters"
+    assert got[1, 1, 1] == 0 and np.abs(got).max() < 2, "0 outside the brain; the level is gone"

@@ -51,3 +51,13 @@ def test_records_keep_older_rows_and_name_their_precision(protocol, tmp_path):
     protocol._record(results, "fae", 1, 1000, "test", summary(0.4), per_subject, run, "bf16")
     rows = protocol._rows(results)
     assert len(rows) == 3 and rows[-1]["precision"] == "bf16" and rows[-1]["pixel_ap"] == "0.400000"
+
+
+def test_the_best_presets_map_settings_name_their_rows(protocol):
+    """FAE's runs with the ``best`` map settings are recorded as ``fae+<settings>``, one name per
+    setting, so that a changed preset gets rows of its own (and retrains a lost run for them)."""
+    changes = {"fusion": "intensity", "volume_center": 0.25, "slice_median": 3}
+    assert protocol.best_label(changes) == "fae+fusion+center25+median3"
+    dark = {"dark_weight": True, "volume_center": 0.25, "slice_median": 3}
+    assert protocol.best_label(dark) == "fae+dark+center25+median3"
+    assert set(protocol._best_changes("flair")) == {"fusion", "volume_center", "slice_median"}

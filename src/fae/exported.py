@@ -4,7 +4,8 @@
 The file holds the run's whole slice → map network in fp32 with a dynamic batch: (N, 1, S, S)
 prepared slices in [0, 1] → (N, 1, S, S) maps (for FAE: the frozen extractor, the feature
 standardisation, the autoencoder, 1 − SSIM per feature channel, its channel mean, the
-upsampling to the slice, and with fusion the healthy surprisals). What a map needs around the
+upsampling to the slice, and with fusion the healthy surprisals; with ``dark_weight`` a second
+output, ``weights``, the weight of each centred map value). What a map needs around the
 network rides in the model's metadata under ``fae.run``: the run's record (method, config,
 preprocessing, meta), its calibrated thresholds and trained steps. :class:`ExportedModel` reads
 it back and does around onnxruntime what the run does around PyTorch: the same preparation of
@@ -50,6 +51,11 @@ def export_onnx(run: Path, out: Path) -> float:
     if not getattr(est, "calibration_", None):
         raise FaeInputError(run, "the run has no calibrated thresholds: run fae calibrate first")
     module = est.model_.float().eval()
+    outputs = ["maps"]
+    if getattr(est.config, "dark_weight", False):  # FAE's weight of the centred maps
+        from fae.methods.fae.torch_model import MapsAndWeights
+
+        module, outputs = MapsAndWeights(module), ["maps", "weights"]
     size = est.prep.size
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     try:
@@ -57,7 +63,7 @@ def export_onnx(run: Path, out: Path) -> float:
             module,
             (example,),
             input_names=["slices"],
-            output_names=["maps"],
+            output_names=outputs,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             dynamo=True,
             opset_version=OPSET,
@@ -87,9 +93,13 @@ def export_onnx(run: Path, out: Path) -> float:
         onnx.save(model, str(tmp))
     slices = torch.rand(CHECK_SLICES, 1, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = module(slices).numpy()
-    got = ExportedModel(out).network(slices.numpy())
-    return float(np.abs(got - expected).max())
+        expected = module(slices)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    exported = ExportedModel(out)
+    got = [exported.network(slices.numpy())]
+    if len(outputs) == 2:
+        got.append(exported.weights(slices.numpy()))
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
 
 
 class ExportedModel:
@@ -132,7 +142,16 @@ class ExportedModel:
 
     def network(self, slices: np.ndarray) -> np.ndarray:
         """(N, 1, S, S) float32 slices → (N, 1, S, S) maps: the exported network alone."""
-        return self._session.run(None, {self._input: np.ascontiguousarray(slices, np.float32)})[0]
+        return self._run(slices, "maps")
+
+    def weights(self, slices: np.ndarray) -> np.ndarray:
+        """(N, 1, S, S) float32 slices → (N, 1, S, S) weights of the centred maps (FAE's
+        ``dark_weight``; only in an export that has them)."""
+        return self._run(slices, "weights")
+
+    def _run(self, slices: np.ndarray, output: str) -> np.ndarray:
+        feed = {self._input: np.ascontiguousarray(slices, np.float32)}
+        return self._session.run([output], feed)[0]
 
     def predict(
         self,
@@ -145,13 +164,23 @@ class ExportedModel:
         """(N, S, S) slices in [0, 1] → (N, S, S) maps, 0 outside ``masks``, centred per volume
         and median-filtered across slices (of the same ``volume``, by ``slice_index``) as the
         run's own :meth:`~fae.methods.base.AnomalyMethod.predict`."""
+        maps = self._batched(images, masks, self.network, batch_size)
+        weight = None
+        if self.config.get("dark_weight"):  # absent in exports made before it
+            weight = self._batched(images, masks, self.weights, batch_size)
+        center = self.config.get("volume_center", 0.0)  # absent in exports made before it
+        median = self.config["slice_median"]
+        return finish_maps(maps, masks, center, median, volume, slice_index, weight)
+
+    @staticmethod
+    def _batched(images: np.ndarray, masks: np.ndarray, fn, batch_size: int) -> np.ndarray:
+        """``fn`` ((N, 1, S, S) → (N, 1, S, S)) over (N, S, S) slices in batches; 0 outside
+        ``masks``."""
         out = np.zeros(images.shape, np.float32)
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
-            out[part] = self.network(images[part, None])[:, 0]
-        maps = np.where(masks, out, 0.0).astype(np.float32)
-        center = self.config.get("volume_center", 0.0)  # absent in exports made before it
-        return finish_maps(maps, masks, center, self.config["slice_median"], volume, slice_index)
+            out[part] = fn(images[part, None])[:, 0]
+        return np.where(masks, out, 0.0).astype(np.float32)
 
     def thresholds(self, fpr: float = 0.05) -> tuple[float, float]:
         """The run's calibrated (pixel, slice) thresholds at false-positive rate ``fpr``."""

@@ -4,12 +4,15 @@
   so that a scan that is unusual throughout (another contrast, pose or scanner) does not use up
   the false-positive budget of every other scan; what is left is what stands out *within* the
   scan. Needs no labels: it is a fixed function of the scan's own map.
+- a per-pixel ``weight`` (FAE's ``dark_weight``): the centred map times a weight that the
+  method computes from the slice, so that what stands out within the scan counts more where
+  the tissue has the intensity lesions have.
 - ``slice_median`` (as in the field's evaluation code): a median over each slice and its
   neighbours in the volume, which removes responses that appear in one slice only while a
   lesion spans several.
 
-:func:`finish_maps` applies both, in that order, wherever maps are made (the run's
-``predict``, the exported model's).
+:func:`finish_maps` applies them in that order wherever maps are made (the run's ``predict``,
+the exported model's).
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ def finish_maps(
     slice_median: int = 1,
     volume: np.ndarray | None = None,
     slice_index: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N, S, S) maps → centred per volume (``volume_center`` > 0), then median-filtered across
-    slices (``slice_median`` > 1); 0 outside ``masks``. ``volume``/``slice_index``: as in
-    :func:`median_across_slices` (default: one volume, slices in order)."""
+    """(N, S, S) maps → centred per volume (``volume_center`` > 0), times ``weight`` ((N, S, S),
+    where given), then median-filtered across slices (``slice_median`` > 1); 0 outside
+    ``masks``. ``volume``/``slice_index``: as in :func:`median_across_slices` (default: one
+    volume, slices in order). The weight comes after the centring: it then scales what stands
+    out within the scan rather than the scan's own level (weighted first, a scan's darker
+    healthy tissue would stand out too)."""
     if volume_center:
         maps = center_volumes(maps, masks, volume_center, volume)
+    if weight is not None:
+        maps = np.where(masks, maps * weight, 0.0).astype(np.float32)
     return median_across_slices(maps, masks, slice_median, volume, slice_index)
 
 

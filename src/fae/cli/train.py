@@ -89,6 +89,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="map the intensity evidence weighted by how unusual FAE's structure is, both read "
         "against healthy slices (not in the paper; default: none)",
     )
+    p.add_argument(
+        "--dark-weight",
+        action=argparse.BooleanOptionalAction,
+        help="weight each scan's centred map by how much darker than healthy tissue each pixel "
+        "is: P_healthy(brighter), 0.5 to 1 (not in the paper; for T1, where tumours are dark)",
+    )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument(
         "--precision",
@@ -207,6 +213,7 @@ def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:
         "standardize_features": args.standardize_features or None,
         "checkpoint_every": args.checkpoint_every,
         "fusion": args.fusion,
+        "dark_weight": args.dark_weight,
         "train_slices": args.train_slices,
         "lesion_margin": args.lesion_margin,
         "precision": args.precision,

@@ -295,8 +295,18 @@ class AnomalyMethod:
         if isinstance(images, SliceSet) or masks is None:
             images, masks = _images_and_masks(images)
         maps = self.maps(images, masks, self.model_, batch_size)
+        weight = self.map_weight(images, masks, batch_size)
         c = self.config
-        return finish_maps(maps, masks, c.volume_center, c.slice_median, volume, slice_index)
+        return finish_maps(
+            maps, masks, c.volume_center, c.slice_median, volume, slice_index, weight
+        )
+
+    def map_weight(
+        self, images: np.ndarray, masks: np.ndarray, batch_size: int = BATCH_SIZE
+    ) -> np.ndarray | None:
+        """(N, S, S) per-pixel weights of the centred maps (:func:`fae.postprocess.
+        finish_maps`), or None: no weight (every method but FAE with ``dark_weight``)."""
+        return None
 
     def maps(
         self,

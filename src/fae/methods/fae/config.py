@@ -25,6 +25,11 @@ class FAEConfig(TrainingConfig):
     fusion: not in the paper: ``"intensity"`` maps the slice's own intensity evidence (its
     surprisal on the healthy calibration slices) weighted by how unusual FAE's structural map is
     there on healthy tissue (:mod:`.fusion`).
+    dark_weight: not in the paper: each centred map value (after ``volume_center``, before
+    ``slice_median``) times the probability that a healthy brain pixel is brighter than this
+    one, at least 0.5 (fitted on the healthy calibration slices): what stands out within the
+    scan counts fully where the tissue is darker than healthy tissue, as T1 tumours and their
+    oedema are, and half where it is brighter.
     """
 
     backbone: str = "resnet18"
@@ -37,6 +42,7 @@ class FAEConfig(TrainingConfig):
     ssim_sigma: float = 1.5
     standardize_features: bool = False
     fusion: str = "none"
+    dark_weight: bool = False
 
     def problems(self) -> dict[str, bool]:
         return {

@@ -17,6 +17,7 @@ from fae.methods.base import AnomalyMethod
 from fae.methods.fae import presets
 from fae.methods.fae.config import FAEConfig
 from fae.methods.fae.torch_model import StructuralFAE
+from fae.runtime import BATCH_SIZE
 
 
 class FAE(AnomalyMethod):
@@ -48,10 +49,11 @@ class FAE(AnomalyMethod):
             c.ssim_sigma,
             c.standardize_features,
             c.fusion,
+            c.dark_weight,
         )
 
     # settings that change only the map of a trained model (see with_maps)
-    MAP_SETTINGS = ("fusion", "volume_center", "slice_median")
+    MAP_SETTINGS = ("fusion", "dark_weight", "volume_center", "slice_median")
 
     @classmethod
     def map_settings(cls, preset: str, modality: str | None = None) -> dict:
@@ -61,11 +63,11 @@ class FAE(AnomalyMethod):
         return {k: settings[k] for k in cls.MAP_SETTINGS}
 
     def with_maps(self, healthy: SliceSet, **changes) -> FAE:
-        """This trained model with other map settings (``fusion``, ``volume_center``,
-        ``slice_median``), refitted and calibrated on the lesion-free slices of ``healthy``
-        (whole scans where possible: see :meth:`calibrate`); a new estimator, this one is
-        unchanged. The autoencoder is the same: these settings change only the map, so they can
-        be tried on a run trained without them."""
+        """This trained model with other map settings (``fusion``, ``dark_weight``,
+        ``volume_center``, ``slice_median``), refitted and calibrated on the lesion-free slices
+        of ``healthy`` (whole scans where possible: see :meth:`calibrate`); a new estimator,
+        this one is unchanged. The autoencoder is the same: these settings change only the map,
+        so they can be tried on a run trained without them."""
         self._check_fitted()
         unknown = set(changes) - set(self.MAP_SETTINGS)
         if unknown:
@@ -73,7 +75,7 @@ class FAE(AnomalyMethod):
         params = {**self.config.to_dict(), **changes}
         other = type(self)(prep=self.prep, device=self.device, progress=self.progress, **params)
         other.model_ = other.build(load_weights=False)
-        # same architecture; only the fusion's tails may be missing or extra (refitted below)
+        # same architecture; only the healthy tails may be missing or extra (refitted below)
         other.model_.load_state_dict(self.model_.state_dict(), strict=False)
         other.meta, other.step_ = dict(self.meta), self.step_
         other.map_precision_override = self.map_precision_override
@@ -82,9 +84,22 @@ class FAE(AnomalyMethod):
 
     def fit_healthy(self, images: np.ndarray, masks: np.ndarray) -> None:
         """With ``fusion``: the healthy distributions of the structural map and of the
-        intensity, from healthy brain pixels."""
+        intensity; with ``dark_weight``: that of the negated intensity (its lower tail); from
+        healthy brain pixels."""
+        intensity = torch.from_numpy(np.asarray(images, np.float32)[masks])
+        if self.config.dark_weight:
+            self.model_.darkness_tail.fit(-intensity)
         if self.config.fusion == "none":
             return
         structure = self.maps(images, masks, self.model_.structure)
         self.model_.structure_tail.fit(torch.from_numpy(structure[masks]))
-        self.model_.intensity_tail.fit(torch.from_numpy(np.asarray(images, np.float32)[masks]))
+        self.model_.intensity_tail.fit(intensity)
+
+    def map_weight(
+        self, images: np.ndarray, masks: np.ndarray, batch_size: int = BATCH_SIZE
+    ) -> np.ndarray | None:
+        """With ``dark_weight``: (N, S, S) weights of the centred maps (:meth:`StructuralFAE.
+        darkness`), else None."""
+        if not self.config.dark_weight:
+            return None
+        return self.maps(images, masks, self.model_.darkness, batch_size)

@@ -12,6 +12,7 @@ PAPER = {
     "train_batchnorm": True,  # the authors' code leaves the extractor's BatchNorm training
     "standardize_features": False,
     "fusion": "none",
+    "dark_weight": False,
     "hidden": [100, 150, 200, 300],
     "dropout": 0.1,
     "lr": 2e-4,

@@ -69,6 +69,8 @@ class StructuralFAE(MapModule):
 
     ``standardize_features`` (not in the paper): z-score each feature channel with the training
     set's statistics (fitted by :meth:`fit_features`) before the autoencoder.
+    ``dark_weight`` (not in the paper): keep a healthy intensity distribution for
+    :meth:`darkness`, the weight that the estimator applies to each scan's centred map.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class StructuralFAE(MapModule):
         ssim_sigma: float = 1.5,
         standardize_features: bool = False,
         fusion: str = "none",
+        dark_weight: bool = False,
     ) -> None:
         super().__init__()
         self.extractor = FeatureExtractor(backbone, layers, weights, train_batchnorm)
@@ -98,6 +101,9 @@ class StructuralFAE(MapModule):
         if fusion == "intensity":  # fitted on healthy slices by fit_healthy
             self.structure_tail = TailSurprisal()
             self.intensity_tail = TailSurprisal()
+        self.dark_weight = dark_weight
+        if dark_weight:  # fitted on healthy slices by fit_healthy (on negated intensities)
+            self.darkness_tail = TailSurprisal()
 
     @property
     def cache_features(self) -> bool:
@@ -152,3 +158,22 @@ class StructuralFAE(MapModule):
             return structure
         unusual = -torch.expm1(-self.structure_tail(structure.float()))  # 0.5 ... 1
         return self.intensity_tail(x.float()) * unusual
+
+    def darkness(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) slices → (N, 1, H, W) weights for ``dark_weight``: the probability that
+        a healthy brain pixel is brighter, P_healthy(V > v), at least 0.5 (its value at the
+        healthy median): 1 for tissue darker than any healthy tissue, 0.5 for the brighter half.
+        """
+        return -torch.expm1(-self.darkness_tail(-x.float()))
+
+
+class MapsAndWeights(nn.Module):
+    """A :class:`StructuralFAE` with ``dark_weight`` as one graph with two outputs, for export:
+    (N, 1, H, W) slices → its (N, 1, H, W) maps and its (N, 1, H, W) darkness weights."""
+
+    def __init__(self, model: StructuralFAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model(x), self.model.darkness(x)
