@@ -50,12 +50,7 @@ def export_onnx(run: Path, out: Path) -> float:
         raise FaeInputError(run, f"cannot export {est.name}: {est.export_problem}")
     if not getattr(est, "calibration_", None):
         raise FaeInputError(run, "the run has no calibrated thresholds: run fae calibrate first")
-    module = est.model_.float().eval()
-    outputs = ["maps"]
-    if getattr(est.config, "dark_weight", False):  # FAE's weight of the centred maps
-        from fae.methods.fae.torch_model import MapsAndWeights
-
-        module, outputs = MapsAndWeights(module), ["maps", "weights"]
+    module, outputs = est.export_module()
     size = est.prep.size
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     try:

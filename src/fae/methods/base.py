@@ -301,6 +301,11 @@ class AnomalyMethod:
             maps, masks, c.volume_center, c.slice_median, volume, slice_index, weight
         )
 
+    def export_module(self) -> tuple[nn.Module, list[str]]:
+        """The fp32 module that ``fae export`` writes, and the names of its outputs: the maps,
+        and for a method with :meth:`map_weight` the weights too."""
+        return self.model_.float().eval(), ["maps"]
+
     def map_weight(
         self, images: np.ndarray, masks: np.ndarray, batch_size: int = BATCH_SIZE
     ) -> np.ndarray | None:

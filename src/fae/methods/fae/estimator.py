@@ -16,7 +16,7 @@ from fae.errors import FaeInputError
 from fae.methods.base import AnomalyMethod
 from fae.methods.fae import presets
 from fae.methods.fae.config import FAEConfig
-from fae.methods.fae.torch_model import StructuralFAE
+from fae.methods.fae.torch_model import MapsAndWeights, StructuralFAE
 from fae.runtime import BATCH_SIZE
 
 
@@ -94,6 +94,14 @@ class FAE(AnomalyMethod):
         structure = self.maps(images, masks, self.model_.structure)
         self.model_.structure_tail.fit(torch.from_numpy(structure[masks]))
         self.model_.intensity_tail.fit(intensity)
+
+    def export_module(self) -> tuple[torch.nn.Module, list[str]]:
+        """With ``dark_weight`` one graph with the maps and their weights (:class:`~fae.methods.
+        fae.torch_model.MapsAndWeights`)."""
+        module, outputs = super().export_module()
+        if self.config.dark_weight:
+            return MapsAndWeights(module), [*outputs, "weights"]
+        return module, outputs
 
     def map_weight(
         self, images: np.ndarray, masks: np.ndarray, batch_size: int = BATCH_SIZE
