@@ -28,8 +28,8 @@ class FAEConfig(TrainingConfig):
     dark_weight: not in the paper: each centred map value (after ``volume_center``, before
     ``slice_median``) times the probability that a healthy brain pixel is brighter than this
     one, at least 0.5 (fitted on the healthy calibration slices): what stands out within the
-    scan counts fully where the tissue is darker than healthy tissue, as T1 tumours and their
-    oedema are, and half where it is brighter.
+    scan counts fully where the tissue is darker than healthy tissue (on T1, LGG tumours are
+    mostly not brighter than their surroundings), and half where it is brighter.
     """
 
     backbone: str = "resnet18"
