@@ -128,9 +128,9 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
     for q in (10, 25):
         levers[f"center{q}"] = _center(patients, base, q / 100)
     levers["center25-median3"] = _median3(patients, levers["center25"])
-    for name, median in (("center25-dark", 1), ("center25-dark-median3", 3)):
-        dark = est.with_maps(healthy, volume_center=0.25, dark_weight=True, slice_median=median)
-        levers[name] = dark.predict(patients)
+    dark = est.with_maps(healthy, volume_center=0.25, dark_weight=True)
+    levers["center25-dark"] = dark.predict(patients)
+    levers["center25-dark-median3"] = _median3(patients, levers["center25-dark"])
     levers["scale25"] = _per_volume(patients, base, _scaled)
     levers["scale25-median3"] = _median3(patients, levers["scale25"])
     levers["fusion-center25"] = _center(patients, levers["fusion"], 0.25)

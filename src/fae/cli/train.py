@@ -93,7 +93,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--dark-weight",
         action=argparse.BooleanOptionalAction,
         help="weight each scan's centred map by how much darker than healthy tissue each pixel "
-        "is: P_healthy(brighter), 0.5 to 1 (not in the paper; for T1, where tumours are dark)",
+        "is: P_healthy(brighter), 0.5 to 1 (not in the paper; for T1, where LGG tumours are mostly "
+        "not brighter than their surroundings)",
     )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument(

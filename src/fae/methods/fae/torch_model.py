@@ -101,7 +101,6 @@ class StructuralFAE(MapModule):
         if fusion == "intensity":  # fitted on healthy slices by fit_healthy
             self.structure_tail = TailSurprisal()
             self.intensity_tail = TailSurprisal()
-        self.dark_weight = dark_weight
         if dark_weight:  # fitted on healthy slices by fit_healthy (on negated intensities)
             self.darkness_tail = TailSurprisal()
 
