@@ -71,6 +71,11 @@ def main() -> None:
     parser.add_argument("--modality", default="t1,flair", help="t1, flair or both")
     parser.add_argument("--methods", default="fae")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--only-seeds",
+        help="train and evaluate only these of the seeds (e.g. 3,4); the comparison still "
+        "covers every recorded seed below --seeds",
+    )
     parser.add_argument("--stages", default=",".join(map(str, STAGES)))
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, required=True, help="the run folders")
@@ -89,6 +94,11 @@ def main() -> None:
         "--no-report", action="store_true", help="skip fae benchmark's report.html at the end"
     )
     args = parser.parse_args()
+    seeds = range(args.seeds)
+    if args.only_seeds:
+        seeds = [int(s) for s in args.only_seeds.split(",")]
+        if not all(0 <= s < args.seeds for s in seeds):
+            parser.error(f"--only-seeds {args.only_seeds}: each must be below --seeds {args.seeds}")
     args.results = args.results or RESULTS / args.out.name
     _check_brain_mask(parser, args.results, args.brain_mask)
     modalities = args.modality.split(",")
@@ -98,7 +108,7 @@ def main() -> None:
     cache = default_cache_dir()
     prep = PrepConfig(brain_mask=args.brain_mask)
     for steps in [] if args.summary else stages:
-        for seed in range(args.seeds):
+        for seed in seeds:
             for modality in modalities:
                 for method in methods:
                     _stage(args.out / f"lgg-{modality}", args.results / f"lgg-{modality}",

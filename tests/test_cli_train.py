@@ -175,10 +175,13 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert saved["fusion"] == "none" and not saved["train_batchnorm"], "best for T1: no fusion"
     assert saved["slice_median"] == 3, "best: the median across slices"
     assert saved["volume_center"] == 0.25, "best for T1: each scan centred"
+    assert saved["dark_weight"], "best for T1: the centred map weighted by darkness"
     assert saved["steps"] == 2, "a flag overrides the preset"
     out = tmp_path / "best-no-median"
-    assert main([*base, "--preset", "best", "--slice-median", "1", "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["config"]["slice_median"] == 1
+    flags = ["--slice-median", "1", "--no-dark-weight"]
+    assert main([*base, "--preset", "best", *flags, "--out", str(out)]) == 0
+    overridden = json.loads((out / "config.json").read_text())["config"]
+    assert overridden["slice_median"] == 1 and not overridden["dark_weight"]
     assert main([*base, "--slice-median", "2", "--out", str(tmp_path / "even")]) == 2
     assert "slice_median must be an odd number" in capsys.readouterr().err
     centre = ["--volume-center", "0.25", "--backbone", "efficientnet-lite0"]
@@ -191,6 +194,8 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert "volume_center must be a quantile" in capsys.readouterr().err
     flair = method_class("fae").preset("best", "flair")
     assert flair["fusion"] == "intensity" and flair["volume_center"] == 0.25, "best for FLAIR"
+    assert not flair["dark_weight"], "FLAIR lesions are bright: no darkness weight"
+    assert not method_class("fae").preset("best", "t2")["dark_weight"], "measured on T1 only"
     paper = method_class("fae").preset("paper", "t1")
     assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (
         "resnet18",

@@ -27,6 +27,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     # the brain area's slice AUROC, against sklearn on the same test slices
     est = load_method(tmp_path / "run", progress=False)
     assert est.config.volume_center == 0.25 and est.config.slice_median == 3  # best for T1
+    assert not est.config.dark_weight, "the demo leaves the darkness weight off"
     slices = prepare_dataset(
         discover(tmp_path / "data" / "datalist.csv"), "t1", est.prep, tmp_path / "cache",
         est.meta["splits"]["test"], False,
@@ -64,11 +65,18 @@ def test_make_synthetic_from_the_command_line(tmp_path):
 
 
 def test_demo_standardises_features_unless_told_not_to():
-    """The demo's default (1,000 steps, standardised features) and the switch to turn it off."""
+    """The demo's default (1,000 steps, standardised features, the best T1 map settings but not
+    the darkness weight) and the switches."""
     from fae.cli import parser
-    from fae.demo import DEMO_STEPS
+    from fae.demo import DEMO_PARAMS, DEMO_STEPS
+    from fae.methods.registry import method_class
 
     assert DEMO_STEPS == 1000
+    best = method_class("fae").map_settings("best", "t1")
+    assert best["dark_weight"] and not DEMO_PARAMS["dark_weight"]
+    assert DEMO_PARAMS["volume_center"] == best["volume_center"] == 0.25
+    assert parser().parse_args(["demo"]).dark_weight is False
+    assert parser().parse_args(["demo", "--dark-weight"]).dark_weight is True
     assert parser().parse_args(["demo"]).standardize_features is True
     off = parser().parse_args(["demo", "--no-standardize-features"])
     assert off.standardize_features is False

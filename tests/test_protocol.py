@@ -61,3 +61,15 @@ def test_the_best_presets_map_settings_name_their_rows(protocol):
     dark = {"dark_weight": True, "volume_center": 0.25, "slice_median": 3}
     assert protocol.best_label(dark) == "fae+dark+center25+median3"
     assert set(protocol._best_changes("flair")) == {"fusion", "volume_center", "slice_median"}
+    t1 = protocol._best_changes("t1")
+    assert protocol.best_label(t1) == "fae+dark+center25+median3", "best for T1: darkness"
+
+
+def test_only_seeds_must_be_among_the_seeds(protocol, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    argv = ["protocol.py", "--out", str(tmp_path / "out"), "--results", str(results)]
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds", "5", "--only-seeds", "3,5"])
+    with pytest.raises(SystemExit) as exit_:
+        protocol.main()
+    assert exit_.value.code == 2 and "each must be below --seeds 5" in capsys.readouterr().err
+    assert not results.exists(), "nothing written for a bad command"

@@ -19,6 +19,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="z-score feature channels (default: on; see fae train)",
     )
+    p.add_argument(
+        "--dark-weight",
+        action="store_true",
+        help="weight the maps by darkness as the best preset for T1 does (default: off; it "
+        "halves the evidence of the demo's bright anomalies; see fae train)",
+    )
     p.set_defaults(func=demo)
 
 
@@ -26,7 +32,14 @@ def demo(args: argparse.Namespace) -> int:
     from fae.demo import run_demo
 
     try:
-        run_demo(args.out, args.subjects, args.seed, args.steps, args.standardize_features)
+        run_demo(
+            args.out,
+            args.subjects,
+            args.seed,
+            args.steps,
+            args.standardize_features,
+            args.dark_weight,
+        )
     except KeyboardInterrupt:
         print("fae: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
