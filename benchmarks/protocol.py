@@ -9,13 +9,15 @@ per-patient Dice, PR curve, validation loss) also go to ``--results`` (default
 skips by, and what the README's tables, bar charts and per-patient Dice are made from
 (``--summary`` writes them without training), so finished stages survive the loss of the run
 folders (a lost run is retrained, bit-identically, only where a row still needs it). Where the
-``best`` preset changes FAE's map (fusion with intensity and the median across slices on FLAIR;
-each scan centred on its quantile and the median on T1), FAE's runs are also evaluated with
-those settings (refitted and calibrated on the run's healthy validation scans), as method
-``fae+fusion+median3`` / ``fae+center25+median3``: on FLAIR the learning curve of the ``best``
-preset, whose training is FAE's own here (Lite0 with the lgg-cpu.toml settings, on both
-modalities). Stage by stage: every run reaches 1,000 steps before any goes on to 2,000, so that
-an early stop leaves comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``,
+``best`` preset changes FAE's map (fusion with intensity, each scan centred on its quantile and
+the median across slices on FLAIR; on T1 the centred map weighted by darkness and the median),
+FAE's runs are also evaluated with those settings (refitted and calibrated on the run's healthy
+validation scans), as method ``fae+fusion+center25+median3`` / ``fae+dark+center25+median3``
+(a changed preset gets rows of its own, and a lost run is retrained for them): the learning
+curve of the ``best`` preset, whose training is FAE's own here (Lite0 with the lgg-cpu.toml
+settings, on both modalities). ``--only-seeds 3,4`` runs only those seeds. Stage by stage:
+every run reaches 1,000 steps before any goes on to 2,000, so that an early stop leaves
+comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``,
 the comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md``
 with Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``; in
 ``fae+<settings>/`` the same table with Welch p of FAE's ``best`` map settings against every
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
         "--only-seeds",
+        type=_seed_list,
         help="train and evaluate only these of the seeds (e.g. 3,4); the comparison still "
         "covers every recorded seed below --seeds",
     )
@@ -94,11 +97,10 @@ def main() -> None:
         "--no-report", action="store_true", help="skip fae benchmark's report.html at the end"
     )
     args = parser.parse_args()
-    seeds = range(args.seeds)
-    if args.only_seeds:
-        seeds = [int(s) for s in args.only_seeds.split(",")]
-        if not all(0 <= s < args.seeds for s in seeds):
-            parser.error(f"--only-seeds {args.only_seeds}: each must be below --seeds {args.seeds}")
+    seeds = args.only_seeds or range(args.seeds)
+    if not all(s < args.seeds for s in seeds):
+        given = ",".join(map(str, seeds))
+        parser.error(f"--only-seeds {given}: each must be below --seeds {args.seeds}")
     args.results = args.results or RESULTS / args.out.name
     _check_brain_mask(parser, args.results, args.brain_mask)
     modalities = args.modality.split(",")
@@ -126,6 +128,16 @@ def main() -> None:
                               prep, SPLIT, cache, subjects=subjects)  # fmt: skip
                 where = out if subjects == "test" else out / subjects
                 benchmark_report(out, where / "report.html", subjects)
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--only-seeds``: comma-separated seeds, each a number from 0, in the order given."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of seeds (0, 1...)"
+        )
+    return list(dict.fromkeys(int(p) for p in parts))
 
 
 def _check_brain_mask(parser: argparse.ArgumentParser, results: Path, brain_mask: str) -> None:

@@ -2,6 +2,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from fae.data.discover import discover
@@ -80,3 +81,22 @@ def test_demo_standardises_features_unless_told_not_to():
     assert parser().parse_args(["demo"]).standardize_features is True
     off = parser().parse_args(["demo", "--no-standardize-features"])
     assert off.standardize_features is False
+
+
+def test_demo_dark_weight_reaches_the_run(tmp_path, monkeypatch):
+    """``--dark-weight`` is the one way the demo's run gets the darkness weight."""
+    import fae.demo as demo
+
+    class Trained(Exception):
+        pass
+
+    def train_or_resume(spec, run, cache):
+        raise Trained(spec.params)
+
+    monkeypatch.setattr(demo, "make_synthetic", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "train_or_resume", train_or_resume)
+    for dark in (False, True):
+        with pytest.raises(Trained) as trained:
+            demo.run_demo(tmp_path / str(dark), dark_weight=dark)
+        params = trained.value.args[0]
+        assert params["dark_weight"] is dark and params["volume_center"] == 0.25

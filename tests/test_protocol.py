@@ -65,11 +65,29 @@ def test_the_best_presets_map_settings_name_their_rows(protocol):
     assert protocol.best_label(t1) == "fae+dark+center25+median3", "best for T1: darkness"
 
 
-def test_only_seeds_must_be_among_the_seeds(protocol, tmp_path, monkeypatch, capsys):
+def test_only_seeds_picks_the_seeds_and_refuses_others(protocol, tmp_path, monkeypatch, capsys):
+    """``--only-seeds`` runs those seeds, stage by stage, in the order given; a seed outside
+    ``--seeds`` or a malformed list stops before anything is written or trained."""
+    calls = []
+    monkeypatch.setattr(
+        protocol, "_stage", lambda out, res, mod, meth, seed, steps, *a: calls.append((seed, steps))
+    )
     results = tmp_path / "results"
     argv = ["protocol.py", "--out", str(tmp_path / "out"), "--results", str(results)]
-    monkeypatch.setattr("sys.argv", [*argv, "--seeds", "5", "--only-seeds", "3,5"])
-    with pytest.raises(SystemExit) as exit_:
-        protocol.main()
-    assert exit_.value.code == 2 and "each must be below --seeds 5" in capsys.readouterr().err
-    assert not results.exists(), "nothing written for a bad command"
+    argv += ["--modality", "t1", "--methods", "fae", "--no-report", "--stages", "1000,2000"]
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds", "5", "--only-seeds", "3,1,3"])
+    protocol.main()
+    assert calls == [(3, 1000), (1, 1000), (3, 2000), (1, 2000)]
+    calls.clear()
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds", "2"])
+    protocol.main()
+    assert calls == [(0, 1000), (1, 1000), (0, 2000), (1, 2000)], "without it: every seed"
+    capsys.readouterr()
+    other = tmp_path / "other"
+    argv[4] = str(other)
+    for bad, message in (("3,5", "each must be below --seeds 5"), ("3,x", "not a comma-separated")):
+        monkeypatch.setattr("sys.argv", [*argv, "--seeds", "5", "--only-seeds", bad])
+        with pytest.raises(SystemExit) as exit_:
+            protocol.main()
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not other.exists() and len(calls) == 4, "nothing written or trained for a bad command"

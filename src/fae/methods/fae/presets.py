@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "best": {
         "flair": {**_BEST, "fusion": "intensity"},
         "t1": {**_BEST, "dark_weight": True},
-        "*": _BEST,  # modalities not measured (T2, synthetic data without a modality...)
+        "*": _BEST,  # modalities not measured (T2, PD...) and data that names none
     },
 }
 
