@@ -55,8 +55,8 @@ def run_demo(
     datalist = data_dir / "datalist.csv"
     if not datalist.exists():
         make_synthetic(data_dir, n_subjects, seed=seed, modalities=(MODALITY,))
-    params = {**DEMO_PARAMS, "seed": seed, "standardize_features": standardize_features}
-    params["dark_weight"] = dark_weight
+    params = {**DEMO_PARAMS, "seed": seed, "standardize_features": standardize_features,
+              "dark_weight": dark_weight}  # fmt: skip
     if steps or not (run / "checkpoint.pt").exists():  # else: the run's own, when continued
         params["steps"] = steps or DEMO_STEPS
     cache = out / "cache"
