@@ -209,12 +209,13 @@ def _best_changes(modality: str) -> dict:
 
 def best_label(changes: dict) -> str:
     """The curve's name for FAE's runs with the ``best`` preset's map settings:
-    ``fae+fusion``, ``fae+median3``..."""
+    ``fae+fusion``, ``fae+median3``, ``fae+top25``..."""
     names = {
         "fusion": lambda v: "fusion",
         "dark_weight": lambda v: "dark",
         "volume_center": lambda v: f"center{round(100 * v)}",
         "slice_median": lambda v: f"median{v}",
+        "slice_score": str,
     }
     return "+".join([PROPOSED, *(names[k](v) for k, v in changes.items())])
 

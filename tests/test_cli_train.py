@@ -176,12 +176,14 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert saved["slice_median"] == 3, "best: the median across slices"
     assert saved["volume_center"] == 0.25, "best for T1: each scan centred"
     assert saved["dark_weight"], "best for T1: the centred map weighted by darkness"
+    assert saved["slice_score"] == "top25", "best for T1: the top 25 % of a slice's map"
     assert saved["steps"] == 2, "a flag overrides the preset"
     out = tmp_path / "best-no-median"
-    flags = ["--slice-median", "1", "--no-dark-weight"]
+    flags = ["--slice-median", "1", "--no-dark-weight", "--slice-score", "top10"]
     assert main([*base, "--preset", "best", *flags, "--out", str(out)]) == 0
     overridden = json.loads((out / "config.json").read_text())["config"]
     assert overridden["slice_median"] == 1 and not overridden["dark_weight"]
+    assert overridden["slice_score"] == "top10"
     assert main([*base, "--slice-median", "2", "--out", str(tmp_path / "even")]) == 2
     assert "slice_median must be an odd number" in capsys.readouterr().err
     centre = ["--volume-center", "0.25", "--backbone", "efficientnet-lite0"]
@@ -195,6 +197,7 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     flair = method_class("fae").preset("best", "flair")
     assert flair["fusion"] == "intensity" and flair["volume_center"] == 0.25, "best for FLAIR"
     assert not flair["dark_weight"], "FLAIR lesions are bright: no darkness weight"
+    assert flair["slice_score"] == "top10", "the top 25 % was measured on T1 only"
     assert not method_class("fae").preset("best", "t2")["dark_weight"], "measured on T1 only"
     paper = method_class("fae").preset("paper", "t1")
     assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (

@@ -76,6 +76,7 @@ def test_demo_standardises_features_unless_told_not_to():
     best = method_class("fae").map_settings("best", "t1")
     assert best["dark_weight"] and not DEMO_PARAMS["dark_weight"]
     assert DEMO_PARAMS["volume_center"] == best["volume_center"] == 0.25
+    assert best["slice_score"] == "top25" and DEMO_PARAMS["slice_score"] == "top10"
     assert parser().parse_args(["demo"]).dark_weight is False
     assert parser().parse_args(["demo", "--dark-weight"]).dark_weight is True
     assert parser().parse_args(["demo"]).standardize_features is True

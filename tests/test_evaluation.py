@@ -3,7 +3,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fae.data.slices import SliceSet
-from fae.evaluation import best_and_worst_slices, evaluate_maps, slice_scores
+from fae.evaluation import best_and_worst_slices, evaluate_maps, slice_scores, top_fraction
 from fae.methods.statistics import Threshold
 from fae.viz import overlay_rgb, save_slice_figure
 
@@ -32,12 +32,16 @@ def test_evaluate_maps_agrees_with_sklearn_inside_the_brain():
     assert [r["lesion_slices"] for r in per_subject] == [1, 2]
 
 
-def test_slice_score_is_mean_of_top_ten_percent_or_the_maximum():
+def test_slice_score_is_mean_of_a_top_fraction_or_the_maximum():
     maps = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
     masks = np.ones_like(maps, bool)
     assert slice_scores(maps, masks)[0] == np.mean(np.arange(90, 100))
     assert slice_scores(maps, masks, "max")[0] == 99
+    assert slice_scores(maps, masks, "top25")[0] == np.mean(np.arange(75, 100))
     assert slice_scores(maps, np.zeros_like(masks))[0] == 0
+    # any fraction, rounded up to whole pixels of the brain (here 3 % of 50 pixels: 2)
+    half = masks & (np.arange(100).reshape(1, 10, 10) < 50)
+    assert top_fraction(maps, half, 0.03)[0] == np.mean([48, 49])
 
 
 def test_best_and_worst_and_figure(tmp_path):

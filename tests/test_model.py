@@ -300,6 +300,15 @@ def test_slice_median_maps_and_calibrates_per_volume(healthy):
     )
     with pytest.raises(FaeInputError, match="not a map setting: lr"):
         plain.with_maps(calibration, lr=1.0)
+    # the slice score changes no map, only the scores and their calibrated thresholds
+    top25 = plain.with_maps(calibration, slice_score="top25")
+    maps = plain.predict(calibration)
+    np.testing.assert_array_equal(top25.predict(calibration), maps)
+    scores = top25.slice_scores(maps, calibration.masks)
+    assert (scores < plain.slice_scores(maps, calibration.masks)).all()
+    assert top25.calibration_ == calibrate_thresholds(
+        maps, calibration.masks, scores, "healthy slices"
+    )
 
 
 def test_volume_center_maps_whole_scans_and_calibrates_on_their_lesion_free_slices(

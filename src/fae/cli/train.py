@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fae.cli import options
+from fae.config import SLICE_SCORES
 from fae.errors import FaeInputError
 from fae.methods.registry import METHODS, PROPOSED
 
@@ -62,7 +63,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="extractor BatchNorm while training: 'train' as the paper's code (default), "
         "'frozen' to compute features once (faster)",
     )
-    p.add_argument("--slice-score", choices=["top10", "max"])
+    p.add_argument(
+        "--slice-score",
+        choices=list(SLICE_SCORES),
+        help="a slice's score: the mean of its top 10 %% (the paper) or 25 %% of map values "
+        "in the brain, or the maximum",
+    )
     p.add_argument(
         "--volume-center",
         type=float,

@@ -52,8 +52,8 @@ class FAE(AnomalyMethod):
             c.dark_weight,
         )
 
-    # settings that change only the map of a trained model (see with_maps)
-    MAP_SETTINGS = ("fusion", "dark_weight", "volume_center", "slice_median")
+    # settings that change only the map of a trained model or its slice score (see with_maps)
+    MAP_SETTINGS = ("fusion", "dark_weight", "volume_center", "slice_median", "slice_score")
 
     @classmethod
     def map_settings(cls, preset: str, modality: str | None = None) -> dict:
@@ -64,10 +64,11 @@ class FAE(AnomalyMethod):
 
     def with_maps(self, healthy: SliceSet, **changes) -> FAE:
         """This trained model with other map settings (``fusion``, ``dark_weight``,
-        ``volume_center``, ``slice_median``), refitted and calibrated on the lesion-free slices
-        of ``healthy`` (whole scans where possible: see :meth:`calibrate`); a new estimator,
-        this one is unchanged. The autoencoder is the same: these settings change only the map,
-        so they can be tried on a run trained without them."""
+        ``volume_center``, ``slice_median``, ``slice_score``), refitted and calibrated on the
+        lesion-free slices of ``healthy`` (whole scans where possible: see :meth:`calibrate`);
+        a new estimator, this one is unchanged. The autoencoder is the same: these settings
+        change only the map or the slice score, so they can be tried on a run trained without
+        them."""
         self._check_fitted()
         unknown = set(changes) - set(self.MAP_SETTINGS)
         if unknown:

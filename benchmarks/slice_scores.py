@@ -1,0 +1,217 @@
+"""Slice scores, one at a time, on the selection patients: which map and which aggregation make
+the slice AUROC.
+
+The paper scores a slice by the mean of the top 10 % of its map values inside the brain. On T1,
+``best`` weights the centred map by darkness, which helps the pixel metrics and lowers the
+slice AUROC of the report patients (0.81 → 0.76 at 2,000 steps). For the FAE runs of
+``benchmarks/protocol.py`` (``OUT/lgg-<modality>/runs/fae/seed*``, at whatever step they
+hold), this scores each slice of the selection patients (``--subjects test``: the report
+patients, to report what was chosen) with:
+
+- the map: ``dark`` (``best`` on T1: centred, times darkness, median over 3 slices) or
+  ``centred`` (the same without the darkness weight): the pixel metrics stay those of ``dark``,
+  only the slice score changes;
+- the aggregation: the mean of the top ``q`` % of the slice's map values inside the brain
+  (``top10`` is the paper's; ``max`` the 2023 benchmark's), or ``excess<f>``: how much of the
+  map lies above the run's healthy pixel threshold at false-positive rate ``f`` (the sum of
+  ``max(map - t, 0)`` over the brain: area and strength of what stands out, not its peak).
+
+Each run's structural map is computed once; the maps are those of ``protocol.py``'s
+``fae+dark+center25+median3`` rows (refitted and calibrated on the run's healthy validation
+slices), so its ``dark / top10`` row repeats their slice AUROC. Mean ± std over the seeds, and
+of each row's difference from ``dark / top10`` on the same seed (the runs may be at different
+steps: the table says which). A second table says where the weight moves lesion slices: they
+are grouped by how dark their lesion is for healthy tissue (the mean weight over the lesion),
+and each group's slice AUROC against every lesion-free slice is given on both maps. The tables
+go to
+``RESULTS/lgg-<modality>/slice-scores[-test].md`` and ``.json``.
+
+    .venv/bin/python benchmarks/slice_scores.py --modality t1 --out benchmark-output/protocol \
+        --seeds 1,2,3,4
+
+(``--seeds``: only those runs, e.g. to leave out one being trained on: the script reads each run
+at whatever step its checkpoint holds.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fae.benchmark import mean_std
+from fae.data.cache import default_cache_dir
+from fae.data.discover import discover
+from fae.data.slices import SliceSet, prepare_dataset
+from fae.evaluation import top_fraction
+from fae.io import atomic_path
+from fae.methods.base import AnomalyMethod, load_method
+from fae.metrics import slice_metrics
+from fae.postprocess import finish_maps
+from protocol import _seed_list
+
+RESULTS = Path(__file__).parent / "results"
+FRACTIONS = {
+    "max": 0.0,
+    "top1": 0.01,
+    "top5": 0.05,
+    "top10": 0.1,
+    "top25": 0.25,
+    "top50": 0.5,
+    "mean": 1.0,
+}
+EXCESS_FPRS = (0.01, 0.05)
+BASE = "dark / top10"  # the paper's slice score on the map of ``best`` for T1
+DARKNESS_GROUPS = ((0.0, 0.6), (0.6, 0.75), (0.75, 1.01))  # mean weight of a slice's lesion
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", choices=["t1", "flair"], default="t1")
+    parser.add_argument("--out", type=Path, required=True, help="protocol.py's --out")
+    parser.add_argument("--subjects", choices=["select", "test"], default="select")
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results/<out's name>")
+    parser.add_argument(
+        "--seeds", type=_seed_list, help="only these runs, e.g. 1,2,3,4 (default: every run)"
+    )
+    args = parser.parse_args()
+    results = (args.results or RESULTS / args.out.name) / f"lgg-{args.modality}"
+    folder = args.out / f"lgg-{args.modality}" / "runs" / "fae"
+    found = (p.name[4:] for p in folder.glob("seed*"))
+    seeds = args.seeds or sorted(int(n) for n in found if n.isdigit())
+    runs = [folder / f"seed{seed}" for seed in seeds]
+    missing = [str(r) for r in runs if not (r / "config.json").exists()]
+    if missing or not runs:
+        parser.error(f"no FAE run in {', '.join(missing) or folder}")
+    cache = default_cache_dir()
+    rows: dict[str, list[float]] = {}
+    groups: dict[str, dict[str, list[float]]] = {}
+    steps = []
+    for run in tqdm(runs, desc="runs", unit="run"):
+        est = load_method(run, progress=False)
+        steps.append(est.step_)
+        dataset = discover(est.meta["data"])
+
+        def patients(subjects: str, est=est, dataset=dataset) -> SliceSet:
+            ids = est.meta["splits"][subjects]
+            return prepare_dataset(dataset, args.modality, est.prep, cache, ids, False)
+
+        val = patients("val")
+        ests = {
+            m: est.with_maps(val, dark_weight=m == "dark", volume_center=0.25, slice_median=3)
+            for m in ("dark", "centred")
+        }
+        slices = patients(args.subjects)
+        scores, weight = score_slices(ests, slices)
+        for name, s in scores.items():
+            rows.setdefault(name, []).append(slice_metrics(s, slices.slice_labels)["auroc"])
+        for group, row in by_lesion_darkness(slices, weight, scores).items():
+            for key, value in row.items():
+                if np.isfinite(value):  # a group without slices on this run says nothing
+                    groups.setdefault(group, {}).setdefault(key, []).append(value)
+    base = np.array(rows[BASE])
+    result = {
+        "modality": args.modality,
+        "subjects": args.subjects,
+        "seeds": seeds,
+        "steps": steps,
+        "auroc": {
+            name: {**mean_std(values), "delta": mean_std(np.array(values) - base)}
+            for name, values in rows.items()
+        },
+        "by_lesion_darkness": {
+            group: {key: mean_std(values) for key, values in row.items()}
+            for group, row in groups.items()
+        },
+    }
+    name = "slice-scores" if args.subjects == "select" else f"slice-scores-{args.subjects}"
+    results.mkdir(parents=True, exist_ok=True)
+    with atomic_path(results / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    with atomic_path(results / f"{name}.md") as tmp:
+        tmp.write_text(_markdown(result))
+    print(_markdown(result))
+
+
+def score_slices(
+    ests: dict[str, AnomalyMethod], slices: SliceSet
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every (map, aggregation) pair's (N,) slice scores, and the darkness weight (N, S, S):
+    ``ests`` are the same FAE with other map settings (so one pass of the network over
+    ``slices`` serves them all), each calibrated on healthy slices (the thresholds of the
+    ``excess`` scores); ``ests["dark"]`` has the weight."""
+    images, masks = np.asarray(slices.images, np.float32), slices.masks
+    first = next(iter(ests.values()))
+    structure = first.maps(images, masks, first.model_)
+    where = (slices.subject, slices.slice_index)
+    out, weights = {}, {}
+    for name, est in ests.items():
+        c = est.config
+        weights[name] = est.map_weight(images, masks)
+        maps = finish_maps(structure, masks, c.volume_center, c.slice_median, *where, weights[name])
+        scores = {agg: top_fraction(maps, masks, q) for agg, q in FRACTIONS.items()}
+        for fpr in EXCESS_FPRS:
+            pixel, _ = est.thresholds(fpr)
+            excess = np.where(masks, np.maximum(maps - pixel, 0), 0)
+            scores[f"excess{fpr:g}"] = excess.sum(axis=(1, 2), dtype=np.float64)
+        out.update({f"{name} / {agg}": s for agg, s in scores.items()})
+    return out, weights["dark"]
+
+
+def by_lesion_darkness(slices: SliceSet, weight: np.ndarray, scores: dict) -> dict[str, dict]:
+    """Where the weight moves lesion slices: the lesion slices grouped by the mean darkness
+    weight of their lesion (0.5: as bright as the healthy median or brighter; 1: darker than
+    all healthy tissue), each group's number of slices and, for the paper's top-10 % score on
+    both maps, its mean share of lesion-free slices (with brain) scored below it (ties count
+    half): each group's slice AUROC against every lesion-free slice with brain (nan for an
+    empty group)."""
+    lesion = slices.segs & slices.masks
+    positive = np.flatnonzero(lesion.any(axis=(1, 2)))
+    negative = ~slices.slice_labels & slices.masks.any(axis=(1, 2))
+    darkness = np.array([weight[i][lesion[i]].mean() for i in positive])
+    out = {}
+    for low, high in DARKNESS_GROUPS:
+        group = positive[(darkness >= low) & (darkness < high)]
+        row = {"slices": float(len(group))}
+        for m in ("dark", "centred"):
+            s = scores[f"{m} / top10"]
+            neg = np.sort(s[negative])
+            below = np.searchsorted(neg, s[group], "left")
+            ties = np.searchsorted(neg, s[group], "right") - below
+            row[m] = float(np.mean((below + ties / 2) / len(neg))) if len(group) else float("nan")
+        out[f"{max(low, 0.5):.2f}–{min(high, 1):.2f}"] = row
+    return out
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"LGG {result['modality']}, {result['subjects']} patients, slice AUROC over seeds "
+        f"{result['seeds']} at steps {result['steps']}:",
+        "",
+        f"| map / slice score | slice AUROC | difference from {BASE} (same seed) |",
+        "|---|---|---|",
+    ]
+    for name, row in result["auroc"].items():
+        d = row["delta"]
+        lines.append(
+            f"| {name} | {row['mean']:.3f} ± {row['std']:.3f} | {d['mean']:+.3f} ± {d['std']:.3f} |"
+        )
+    lines += [
+        "",
+        "Lesion slices by the mean darkness weight of their lesion: each group's slice AUROC "
+        "against every lesion-free slice with brain (top-10 % score):",
+        "",
+        "| lesion's mean weight | lesion slices | dark map | centred map |",
+        "|---|---|---|---|",
+    ]
+    for group, row in result["by_lesion_darkness"].items():
+        cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in ("dark", "centred")]
+        lines.append(f"| {group} | {row['slices']['mean']:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
