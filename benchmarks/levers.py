@@ -105,12 +105,18 @@ def main() -> None:
         "levers": table,
     }
     name = "levers" if args.subjects == "select" else f"levers-{args.subjects}"
-    results.mkdir(parents=True, exist_ok=True)
-    with atomic_path(results / f"{name}.json") as tmp:
+    save_result(results, name, result, _markdown(result))
+
+
+def save_result(folder: Path, name: str, result: dict, table: str) -> None:
+    """``result`` as ``folder/name.json`` and its markdown ``table`` as ``name.md`` (each
+    written whole or not at all), and the table printed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    with atomic_path(results / f"{name}.md") as tmp:
-        tmp.write_text(_markdown(result))
-    print(_markdown(result))
+    with atomic_path(folder / f"{name}.md") as tmp:
+        tmp.write_text(table)
+    print(table)
 
 
 def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]:

@@ -36,7 +36,6 @@ at whatever step its checkpoint holds.)
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +46,10 @@ from fae.data.cache import default_cache_dir
 from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import top_fraction
-from fae.io import atomic_path
 from fae.methods.base import AnomalyMethod, load_method
 from fae.metrics import slice_metrics
 from fae.postprocess import finish_maps
+from levers import save_result
 from protocol import _seed_list
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,12 +127,7 @@ def main() -> None:
         },
     }
     name = "slice-scores" if args.subjects == "select" else f"slice-scores-{args.subjects}"
-    results.mkdir(parents=True, exist_ok=True)
-    with atomic_path(results / f"{name}.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    with atomic_path(results / f"{name}.md") as tmp:
-        tmp.write_text(_markdown(result))
-    print(_markdown(result))
+    save_result(results, name, result, _markdown(result))
 
 
 def score_slices(
