@@ -23,8 +23,7 @@ of each row's difference from ``dark / top10`` on the same seed (the runs may be
 steps: the table says which). A second table says where the weight moves lesion slices: they
 are grouped by how dark their lesion is for healthy tissue (the mean weight over the lesion),
 and each group's slice AUROC against every lesion-free slice is given on both maps. The tables
-go to
-``RESULTS/lgg-<modality>/slice-scores[-test].md`` and ``.json``.
+go to ``RESULTS/lgg-<modality>/slice-scores[-test].md`` and ``.json``.
 
     .venv/bin/python benchmarks/slice_scores.py --modality t1 --out benchmark-output/protocol \
         --seeds 1,2,3,4
@@ -166,16 +165,19 @@ def by_lesion_darkness(slices: SliceSet, weight: np.ndarray, scores: dict) -> di
     positive = np.flatnonzero(lesion.any(axis=(1, 2)))
     negative = ~slices.slice_labels & slices.masks.any(axis=(1, 2))
     darkness = np.array([weight[i][lesion[i]].mean() for i in positive])
+    above = {}  # each lesion slice's share of lesion-free slices scored below it, per map
+    for m in ("dark", "centred"):
+        s = scores[f"{m} / top10"]
+        neg = np.sort(s[negative])
+        below = np.searchsorted(neg, s[positive], "left")
+        ties = np.searchsorted(neg, s[positive], "right") - below
+        above[m] = (below + ties / 2) / len(neg)
     out = {}
     for low, high in DARKNESS_GROUPS:
-        group = positive[(darkness >= low) & (darkness < high)]
-        row = {"slices": float(len(group))}
-        for m in ("dark", "centred"):
-            s = scores[f"{m} / top10"]
-            neg = np.sort(s[negative])
-            below = np.searchsorted(neg, s[group], "left")
-            ties = np.searchsorted(neg, s[group], "right") - below
-            row[m] = float(np.mean((below + ties / 2) / len(neg))) if len(group) else float("nan")
+        group = (darkness >= low) & (darkness < high)
+        row = {"slices": float(group.sum())}
+        for m, share in above.items():
+            row[m] = float(share[group].mean()) if group.any() else float("nan")
         out[f"{max(low, 0.5):.2f}–{min(high, 1):.2f}"] = row
     return out
 
