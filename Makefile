@@ -27,8 +27,10 @@ browser:
 demo: $(STAMP)
 	$(BIN)/fae demo --out demo-output
 
+# two pytest-xdist workers, one per core (tests/conftest.py gives each one thread); each test
+# file stays on one worker, so that its module fixtures are made once
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

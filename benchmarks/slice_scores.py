@@ -46,6 +46,7 @@ from fae.data.discover import discover
 from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import top_fraction
 from fae.methods.base import AnomalyMethod, load_method
+from fae.methods.registry import PROPOSED, method_class
 from fae.metrics import slice_metrics
 from fae.postprocess import finish_maps
 from levers import save_result
@@ -85,6 +86,8 @@ def main() -> None:
     if missing or not runs:
         parser.error(f"no FAE run in {', '.join(missing) or folder}")
     cache = default_cache_dir()
+    best = method_class(PROPOSED).map_settings("best", "t1")  # the maps of the protocol's rows
+    shared = {k: best[k] for k in ("volume_center", "slice_median")}
     rows: dict[str, list[float]] = {}
     groups: dict[str, dict[str, list[float]]] = {}
     steps = []
@@ -99,8 +102,7 @@ def main() -> None:
 
         val = patients("val")
         ests = {
-            m: est.with_maps(val, dark_weight=m == "dark", volume_center=0.25, slice_median=3)
-            for m in ("dark", "centred")
+            m: est.with_maps(val, **shared, dark_weight=m == "dark") for m in ("dark", "centred")
         }
         slices = patients(args.subjects)
         scores, weight = score_slices(ests, slices)

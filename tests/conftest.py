@@ -11,6 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # ``make test`` runs two pytest-xdist workers, one per core: each with one thread, and so the
+    # commands it runs (many threads per process on two cores make every process slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 SHARED_DATA = Path(
     os.environ.get("FAE_SHARED_DATA", Path(__file__).parents[1] / ".." / "shared" / "data")
 )

@@ -15,7 +15,11 @@ from conftest import fae
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
-    """The README's main job from the command line, shortened to 2 steps on 5 subjects."""
+    """The README's main job from the command line, shortened to 2 steps on 5 subjects written
+    at 2 mm beforehand, which the demo then uses (the next-but-one test checks that a new folder
+    gets the demo's own data)."""
+    make_synthetic(tmp_path / "data", 5, seed=0, modalities=("t1",), resolution_mm=2,
+                   progress=False)  # fmt: skip
     r = fae("demo", "--out", tmp_path, "--subjects", 5, "--steps", 2)
     assert r.returncode == 0, r.stderr
     assert "| all | fae |" in r.stdout and "| all | threshold |" in r.stdout
@@ -50,19 +54,23 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
 
 
 def test_make_synthetic_from_the_command_line(tmp_path):
-    r = fae("make-synthetic", tmp_path / "cli", "--subjects", 3, "--seed", 4, "--modalities", "t1")
+    r = fae("make-synthetic", tmp_path / "cli", "--subjects", 3, "--seed", 4, "--modalities", "t1",
+            "--resolution-mm", 2)  # fmt: skip
     assert r.returncode == 0 and "wrote 3 subjects" in r.stdout, r.stderr
-    make_synthetic(tmp_path / "lib", 3, seed=4, modalities=("t1",), progress=False)
+    make_synthetic(tmp_path / "lib", 3, seed=4, modalities=("t1",), resolution_mm=2, progress=False)
     names = sorted(p.name for p in (tmp_path / "cli").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "lib").iterdir())
     assert "datalist.csv" in names and sum(n.endswith("_t1.nii.gz") for n in names) == 3
     for name in names:
         if name.endswith(".nii.gz"):
-            a = nib.load(tmp_path / "cli" / name).get_fdata()
-            b = nib.load(tmp_path / "lib" / name).get_fdata()
-            np.testing.assert_array_equal(a, b, err_msg=name)
+            cli, lib = nib.load(tmp_path / "cli" / name), nib.load(tmp_path / "lib" / name)
+            assert cli.header.get_zooms()[:3] == (2, 2, 2), name
+            np.testing.assert_array_equal(cli.get_fdata(), lib.get_fdata(), err_msg=name)
     r = fae("make-synthetic", tmp_path / "x", "--subjects", 0)
     assert r.returncode == 2 and "--subjects must be at least 1" in r.stderr
+    r = fae("make-synthetic", tmp_path / "x", "--resolution-mm", 3)
+    assert r.returncode == 2 and "resolution_mm must be one of (1, 2), got 3" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_demo_standardises_features_unless_told_not_to():
@@ -85,7 +93,8 @@ def test_demo_standardises_features_unless_told_not_to():
 
 
 def test_demo_dark_weight_reaches_the_run(tmp_path, monkeypatch):
-    """``--dark-weight`` is the one way the demo's run gets the darkness weight."""
+    """``--dark-weight`` is the one way the demo's run gets the darkness weight; a new folder
+    gets the demo's own synthetic data (the end-to-end test brings smaller data of its own)."""
     import fae.demo as demo
 
     class Trained(Exception):
@@ -94,10 +103,13 @@ def test_demo_dark_weight_reaches_the_run(tmp_path, monkeypatch):
     def train_or_resume(spec, run, cache):
         raise Trained(spec.params)
 
-    monkeypatch.setattr(demo, "make_synthetic", lambda *a, **k: None)
+    written = []
+    monkeypatch.setattr(demo, "make_synthetic", lambda *a, **k: written.append((a, k)))
     monkeypatch.setattr(demo, "train_or_resume", train_or_resume)
     for dark in (False, True):
         with pytest.raises(Trained) as trained:
             demo.run_demo(tmp_path / str(dark), dark_weight=dark)
         params = trained.value.args[0]
         assert params["dark_weight"] is dark and params["volume_center"] == 0.25
+        own = ((tmp_path / str(dark) / "data", 12), {"seed": 0, "modalities": ("t1",)})
+        assert written.pop() == own, "a new folder gets the demo's own data: 12 subjects, 1 mm"

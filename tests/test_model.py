@@ -143,8 +143,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
         params["train_batchnorm"] = True
     else:
         params["standardize_features"] = True
-    val = healthy.take(np.arange(len(healthy)) < 8)
-    reference = FAE(prep=PREP, progress=False, **params).fit(healthy, val, run_dir=tmp_path / "ref")
+    # 40 training slices: 6 steps of 8 cross an epoch's end; fewer slices to extract features of
+    index = np.arange(len(healthy))
+    val, train = healthy.take(index < 8), healthy.take((index >= 8) & (index < 48))
+    reference = FAE(prep=PREP, progress=False, **params).fit(train, val, run_dir=tmp_path / "ref")
 
     calls = {"n": 0}
     real_next = train_module.EpochSampler.next
@@ -160,10 +162,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     monkeypatch.setattr(train_module.EpochSampler, "next", interrupting_next)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else SystemExit):
-        FAE(prep=PREP, progress=False, **params).fit(healthy, val, run_dir=run)
+        FAE(prep=PREP, progress=False, **params).fit(train, val, run_dir=run)
     monkeypatch.setattr(train_module.EpochSampler, "next", real_next)
     assert FAE.load(run, progress=False).step_ == (5 if how == "ctrl-c" else 3)
-    resumed = FAE.resume(run, healthy, val, progress=False)
+    resumed = FAE.resume(run, train, val, progress=False)
     assert resumed.step_ == 6
     for (name, pa), pb in zip(
         reference.model_.state_dict().items(), resumed.model_.state_dict().values(), strict=True

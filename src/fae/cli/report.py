@@ -35,8 +35,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def report(args: argparse.Namespace) -> int:
-    from fae.report import benchmark_report, run_report
-
     if args.run is None and args.benchmark is None:
         raise FaeInputError(None, "give a run folder, or --benchmark DIR for a whole comparison")
     if args.run is not None and not args.run.exists():
@@ -44,6 +42,8 @@ def report(args: argparse.Namespace) -> int:
     for folder in (args.eval_dir, args.pred_dir, args.benchmark):
         if folder is not None and not folder.is_dir():
             raise FaeInputError(folder, "not a folder")
+    from fae.report import benchmark_report, run_report  # after the checks: torch takes seconds
+
     if args.run is None:
         out = benchmark_report(args.benchmark, args.out, args.subjects)
     else:
