@@ -100,46 +100,64 @@ def test_exported_maps_are_pytorchs(root, method):
     np.testing.assert_allclose(alone, among, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_dark_weighted_centred_and_median_maps_are_exported_too(root):
-    """Every map setting in one exported run: the intensity fusion, the darkness weight (a second
-    output, weighting each centred map as the run does), the centring and the median."""
+def test_fused_centred_and_median_maps_are_exported_too(root):
     run = trained(root, "fae")
     est = load_method(run, progress=False, precision="fp32")
     dataset = discover(root / "data" / "datalist.csv")
     val = prepare_dataset(dataset, "t1", est.prep, root / "cache", est.meta["splits"]["val"], False)
-    best = est.with_maps(val, fusion="intensity", dark_weight=True, volume_center=0.25,
-                         slice_median=3)  # fmt: skip
+    best = est.with_maps(val, fusion="intensity", volume_center=0.25, slice_median=3)
     best.save_run(root / "fused")
     r = fae("export", root / "fused", "--out", root / "fused.onnx")
     assert r.returncode == 0, r.stderr
     exported = ExportedModel(root / "fused.onnx")
     assert exported.config["fusion"] == "intensity" and exported.config["slice_median"] == 3
-    assert exported.config["volume_center"] == 0.25 and exported.config["dark_weight"]
+    assert exported.config["volume_center"] == 0.25
     slices = report_slices(root, est)
-    where = (slices.images, slices.masks, 64, slices.subject, slices.slice_index)
-    weights = exported.weights(slices.images[:, None])[:, 0]
-    expected_weights = best.map_weight(slices.images, slices.masks)
-    brain = slices.masks
-    np.testing.assert_allclose(weights[brain], expected_weights[brain], atol=1e-6)
-    assert weights[brain].min() >= 0.5 - 1e-6 and weights[brain].max() > 0.9
     expected = best.predict(slices)
-    got = exported.predict(*where)
+    got = exported.predict(slices.images, slices.masks, 64, slices.subject, slices.slice_index)
     # This 3-step model's structural map spans only 1e-3, so the fusion's healthy quantiles lie
     # 1e-4 apart and multiply the structure's float noise (1e-6) by up to 1e4: most pixels agree
     # to 1e-5, the steepest to 3 % of the map's range (centred maps pass through 0, so the
     # bound is on the range, not on each value). The fusion's own arithmetic is exact to 1e-6
     # (next test); on a trained FLAIR run's real slices the fused maps agree to 2.8e-5 (README,
     # Exporting).
-    assert np.ptp(expected) > 0 and np.median(np.abs(got - expected)) < 1e-5
+    assert np.median(np.abs(got - expected)) < 1e-5
     np.testing.assert_allclose(got, expected, rtol=0, atol=0.03 * np.ptp(expected))
-    config = exported.config
-    for change, what in (
-        ({"slice_median": 1}, "the median across slices is applied"),
-        ({"volume_center": 0.0}, "each scan's map is centred"),
-        ({"dark_weight": False}, "the weight is applied"),
-    ):
-        exported.config = {**config, **change}
-        assert not np.allclose(exported.predict(*where), got), what
+    median = ExportedModel(root / "fused.onnx")
+    median.config = {**median.config, "slice_median": 1}
+    plain = median.predict(slices.images, slices.masks, 64, slices.subject, slices.slice_index)
+    assert not np.allclose(plain, got), "the median across slices is applied"
+    median.config = {**median.config, "slice_median": 3, "volume_center": 0.0}
+    uncentred = median.predict(slices.images, slices.masks, 64, slices.subject, slices.slice_index)
+    assert not np.allclose(uncentred, got), "each scan's map is centred"
+
+
+def test_the_dark_weight_is_exported_as_a_second_output(root):
+    """A run with ``dark_weight`` exports its weights beside its maps, and the exported model
+    weights each centred map as the run does."""
+    run = trained(root, "fae")
+    est = load_method(run, progress=False, precision="fp32")
+    dataset = discover(root / "data" / "datalist.csv")
+    val = prepare_dataset(dataset, "t1", est.prep, root / "cache", est.meta["splits"]["val"], False)
+    dark = est.with_maps(val, dark_weight=True, volume_center=0.25, slice_median=3)
+    dark.save_run(root / "dark")
+    r = fae("export", root / "dark", "--out", root / "dark.onnx")
+    assert r.returncode == 0, r.stderr
+    exported = ExportedModel(root / "dark.onnx")
+    assert exported.config["dark_weight"]
+    slices = report_slices(root, est)
+    weights = exported.weights(slices.images[:, None])[:, 0]
+    expected_weights = dark.map_weight(slices.images, slices.masks)
+    brain = slices.masks
+    np.testing.assert_allclose(weights[brain], expected_weights[brain], atol=1e-6)
+    assert weights[brain].min() >= 0.5 - 1e-6 and weights[brain].max() > 0.9
+    expected = dark.predict(slices)
+    got = exported.predict(slices.images, slices.masks, 64, slices.subject, slices.slice_index)
+    assert np.abs(got - expected).max() < 1e-4 and np.ptp(expected) > 0
+    exported.config = {**exported.config, "dark_weight": False}
+    unweighted = exported.predict(slices.images, slices.masks, 64, slices.subject,
+                                  slices.slice_index)  # fmt: skip
+    assert not np.allclose(unweighted, got), "the weight is applied"
 
 
 def test_the_fusions_arithmetic_exports_exactly(tmp_path):
