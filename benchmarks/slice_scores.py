@@ -22,8 +22,10 @@ slices), so its ``dark / top10`` row repeats their slice AUROC. Mean ± std over
 of each row's difference from ``dark / top10`` on the same seed (the runs may be at different
 steps: the table says which). A second table says where the weight moves lesion slices: they
 are grouped by how dark their lesion is for healthy tissue (the mean weight over the lesion),
-and each group's slice AUROC against every lesion-free slice is given on both maps. The tables
-go to ``RESULTS/lgg-<modality>/slice-scores[-test].md`` and ``.json``.
+and each group's slice AUROC against every lesion-free slice is given on both maps. A third says
+which lesion-free slices outscore lesion slices: grouped by their distance to the patient's
+nearest lesion slice, with the slice AUROC when the closest are left out. The tables go to
+``RESULTS/lgg-<modality>/slice-scores[-test].md`` and ``.json``.
 
     .venv/bin/python benchmarks/slice_scores.py --modality t1 --out benchmark-output/protocol \
         --seeds 1,2,3,4
@@ -65,6 +67,8 @@ FRACTIONS = {
 EXCESS_FPRS = (0.01, 0.05)
 BASE = "dark / top10"  # the paper's slice score on the map of ``best`` for T1
 DARKNESS_GROUPS = ((0.0, 0.6), (0.6, 0.75), (0.75, 1.01))  # mean weight of a slice's lesion
+DISTANCE_GROUPS = ((1, 1), (2, 2), (3, 4), (5, 9), (10, None))  # slices to the nearest lesion
+NEIGHBOURS = 2  # lesion-free slices this close to a lesion are left out in ``near_lesion_out``
 
 
 def main() -> None:
@@ -90,6 +94,8 @@ def main() -> None:
     shared = {k: best[k] for k in ("volume_center", "slice_median")}
     rows: dict[str, list[float]] = {}
     groups: dict[str, dict[str, list[float]]] = {}
+    distances: dict[str, dict[str, list[float]]] = {}
+    spread: dict[str, list[float]] = {}
     steps = []
     for run in tqdm(runs, desc="runs", unit="run"):
         est = load_method(run, progress=False)
@@ -112,6 +118,11 @@ def main() -> None:
             for key, value in row.items():
                 if np.isfinite(value):  # a group without slices on this run says nothing
                     groups.setdefault(group, {}).setdefault(key, []).append(value)
+        for group, row in by_lesion_distance(slices, scores).items():
+            for key, value in row.items():
+                distances.setdefault(group, {}).setdefault(key, []).append(value)
+        for key, value in across_patients(slices, scores["dark / top25"]).items():
+            spread.setdefault(key, []).append(value)
     base = np.array(rows[BASE])
     result = {
         "modality": args.modality,
@@ -126,6 +137,11 @@ def main() -> None:
             group: {key: mean_std(values) for key, values in row.items()}
             for group, row in groups.items()
         },
+        "by_lesion_distance": {
+            group: {key: mean_std(values) for key, values in row.items()}
+            for group, row in distances.items()
+        },
+        "across_patients": {key: mean_std(values) for key, values in spread.items()},
     }
     name = "slice-scores" if args.subjects == "select" else f"slice-scores-{args.subjects}"
     save_result(results, name, result, _markdown(result))
@@ -184,6 +200,66 @@ def by_lesion_darkness(slices: SliceSet, weight: np.ndarray, scores: dict) -> di
     return out
 
 
+def by_lesion_distance(slices: SliceSet, scores: dict) -> dict[str, dict]:
+    """Which lesion-free slices the slice score confuses with lesion slices: the lesion-free
+    slices with brain grouped by how many slices lie between them and their patient's nearest
+    lesion slice, each group's number of slices and, for ``best``'s top-25 % score on both
+    maps, its mean share of lesion slices scored below it (ties count half: 0 when it is
+    below every lesion slice, 0.5 when it is in the middle of them); then
+    ``near_lesion_out``: the slice AUROC with the lesion-free slices within ``NEIGHBOURS``
+    slices of a lesion left out, what the score would reach if those were not counted (no
+    outline was drawn on them, but they lie beside one: the slices most likely to hold an
+    unlabelled tumour edge or its mass effect)."""
+    positive = slices.slice_labels
+    negative = ~positive & slices.masks.any(axis=(1, 2))
+    distance = np.full(len(positive), np.inf)
+    for subject in np.unique(slices.subject):
+        own = np.flatnonzero(slices.subject == subject)
+        lesion = slices.slice_index[own][positive[own]]
+        if len(lesion):
+            gap = np.abs(slices.slice_index[own][:, None] - lesion[None])
+            distance[own] = gap.min(axis=1)
+    keys = {m: f"{m} / top25" for m in ("dark", "centred")}
+    below = {}  # each lesion-free slice's share of lesion slices scored below it, per map
+    for m, key in keys.items():
+        pos = np.sort(scores[key][positive])
+        s = scores[key][negative]
+        left = np.searchsorted(pos, s, "left")
+        below[m] = (left + (np.searchsorted(pos, s, "right") - left) / 2) / len(pos)
+    out = {}
+    for low, high in DISTANCE_GROUPS:
+        group = (distance[negative] >= low) & (distance[negative] <= (high or np.inf))
+        row = {"slices": float(group.sum())}
+        for m, share in below.items():
+            row[m] = float(share[group].mean()) if group.any() else float("nan")
+        out[f"{low}–{high}" if high else f"≥ {low}"] = row
+    kept = ~(negative & (distance <= NEIGHBOURS))
+    out["near_lesion_out"] = {
+        m: slice_metrics(scores[key][kept], positive[kept])["auroc"] for m, key in keys.items()
+    }
+    out["near_lesion_out"]["slices"] = float((~kept).sum())
+    return out
+
+
+def across_patients(slices: SliceSet, score: np.ndarray) -> dict[str, float]:
+    """Whether one slice score's AUROC is lost to a few patients or to all: the largest gain
+    from leaving one patient out, the mean slice AUROC within single patients (those with
+    lesion and lesion-free slices), and, for scale, the AUROC of the slice's brain area alone
+    (lesions lie in the large middle slices)."""
+    labels = slices.slice_labels
+    pooled = slice_metrics(score, labels)["auroc"]
+    out, within = {"leave_one_out_gain": -np.inf}, []
+    for subject in np.unique(slices.subject):
+        own = slices.subject == subject
+        rest = slice_metrics(score[~own], labels[~own])["auroc"]
+        out["leave_one_out_gain"] = max(out["leave_one_out_gain"], rest - pooled)
+        if 0 < labels[own].sum() < own.sum():
+            within.append(slice_metrics(score[own], labels[own])["auroc"])
+    out["within_patient"] = float(np.mean(within))
+    out["brain_area"] = slice_metrics(slices.masks.sum(axis=(1, 2)), labels)["auroc"]
+    return out
+
+
 def _markdown(result: dict) -> str:
     lines = [
         f"LGG {result['modality']}, {result['subjects']} patients, slice AUROC over seeds "
@@ -197,18 +273,49 @@ def _markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {row['mean']:.3f} ± {row['std']:.3f} | {d['mean']:+.3f} ± {d['std']:.3f} |"
         )
-    lines += [
-        "",
+    lines += _two_maps(
         "Lesion slices by the mean darkness weight of their lesion: each group's slice AUROC "
         "against every lesion-free slice with brain (top-10 % score):",
-        "",
         "| lesion's mean weight | lesion slices | dark map | centred map |",
-        "|---|---|---|---|",
+        result["by_lesion_darkness"],
+    )
+    lines += _two_maps(
+        "Lesion-free slices with brain by their distance (in slices) to the patient's nearest "
+        "lesion slice: each group's mean share of lesion slices scored below it (top-25 % "
+        f"score); last row: the slice AUROC without the lesion-free slices within {NEIGHBOURS} "
+        "slices of a lesion:",
+        "| slices to the nearest lesion | lesion-free slices | dark map | centred map |",
+        {
+            f"slice AUROC, ≤ {NEIGHBOURS} left out" if group == "near_lesion_out" else group: row
+            for group, row in result["by_lesion_distance"].items()
+        },
+    )
+    cells = [
+        f"{row['mean']:.3f} ± {row['std']:.3f}"
+        for row in (
+            result["across_patients"][k]
+            for k in ("leave_one_out_gain", "within_patient", "brain_area")
+        )
     ]
-    for group, row in result["by_lesion_darkness"].items():
+    lines += [
+        "",
+        "Across patients (dark map, top-25 % score): the largest slice AUROC gain from leaving one "
+        "patient out, the mean slice AUROC within single patients, the brain area's slice AUROC:",
+        "",
+        "| largest gain, one patient left out | within patients | brain area alone |",
+        "|---|---|---|",
+        "| " + " | ".join(cells) + " |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _two_maps(intro: str, header: str, groups: dict[str, dict]) -> list[str]:
+    """A markdown table of groups: their number of slices, then mean ± std on both maps."""
+    lines = ["", intro, "", header, "|---|---|---|---|"]
+    for group, row in groups.items():
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in ("dark", "centred")]
         lines.append(f"| {group} | {row['slices']['mean']:.0f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
