@@ -24,7 +24,8 @@ steps: the table says which). A second table says where the weight moves lesion 
 are grouped by how dark their lesion is for healthy tissue (the mean weight over the lesion),
 and each group's slice AUROC against every lesion-free slice is given on both maps. A third says
 which lesion-free slices outscore lesion slices: grouped by their distance to the patient's
-nearest lesion slice, with the slice AUROC when the closest are left out. The tables go to
+nearest lesion slice, with the slice AUROC when the closest are left out; a last one whether
+the AUROC is lost to a few patients or to all. The tables go to
 ``RESULTS/lgg-<modality>/slice-scores[-test].md`` and ``.json``.
 
     .venv/bin/python benchmarks/slice_scores.py --modality t1 --out benchmark-output/protocol \
@@ -183,21 +184,16 @@ def by_lesion_darkness(slices: SliceSet, weight: np.ndarray, scores: dict) -> di
     positive = np.flatnonzero(lesion.any(axis=(1, 2)))
     negative = ~slices.slice_labels & slices.masks.any(axis=(1, 2))
     darkness = np.array([weight[i][lesion[i]].mean() for i in positive])
-    above = {}  # each lesion slice's share of lesion-free slices scored below it, per map
-    for m in ("dark", "centred"):
-        s = scores[f"{m} / top10"]
-        neg = np.sort(s[negative])
-        below = np.searchsorted(neg, s[positive], "left")
-        ties = np.searchsorted(neg, s[positive], "right") - below
-        above[m] = (below + ties / 2) / len(neg)
-    out = {}
-    for low, high in DARKNESS_GROUPS:
-        group = (darkness >= low) & (darkness < high)
-        row = {"slices": float(group.sum())}
-        for m, share in above.items():
-            row[m] = float(share[group].mean()) if group.any() else float("nan")
-        out[f"{max(low, 0.5):.2f}–{min(high, 1):.2f}"] = row
-    return out
+    above = {  # each lesion slice's share of lesion-free slices scored below it, per map
+        m: _share_below(scores[f"{m} / top10"][negative], scores[f"{m} / top10"][positive])
+        for m in ("dark", "centred")
+    }
+    return {
+        f"{max(low, 0.5):.2f}–{min(high, 1):.2f}": _group_row(
+            (darkness >= low) & (darkness < high), above
+        )
+        for low, high in DARKNESS_GROUPS
+    }
 
 
 def by_lesion_distance(slices: SliceSet, scores: dict) -> dict[str, dict]:
@@ -220,19 +216,15 @@ def by_lesion_distance(slices: SliceSet, scores: dict) -> dict[str, dict]:
             gap = np.abs(slices.slice_index[own][:, None] - lesion[None])
             distance[own] = gap.min(axis=1)
     keys = {m: f"{m} / top25" for m in ("dark", "centred")}
-    below = {}  # each lesion-free slice's share of lesion slices scored below it, per map
-    for m, key in keys.items():
-        pos = np.sort(scores[key][positive])
-        s = scores[key][negative]
-        left = np.searchsorted(pos, s, "left")
-        below[m] = (left + (np.searchsorted(pos, s, "right") - left) / 2) / len(pos)
-    out = {}
-    for low, high in DISTANCE_GROUPS:
-        group = (distance[negative] >= low) & (distance[negative] <= (high or np.inf))
-        row = {"slices": float(group.sum())}
-        for m, share in below.items():
-            row[m] = float(share[group].mean()) if group.any() else float("nan")
-        out[f"{low}–{high}" if high else f"≥ {low}"] = row
+    below = {  # each lesion-free slice's share of lesion slices scored below it, per map
+        m: _share_below(scores[key][positive], scores[key][negative]) for m, key in keys.items()
+    }
+    out = {
+        f"{low}–{high}" if high else f"≥ {low}": _group_row(
+            (distance[negative] >= low) & (distance[negative] <= (high or np.inf)), below
+        )
+        for low, high in DISTANCE_GROUPS
+    }
     kept = ~(negative & (distance <= NEIGHBOURS))
     out["near_lesion_out"] = {
         m: slice_metrics(scores[key][kept], positive[kept])["auroc"] for m, key in keys.items()
@@ -248,16 +240,32 @@ def across_patients(slices: SliceSet, score: np.ndarray) -> dict[str, float]:
     (lesions lie in the large middle slices)."""
     labels = slices.slice_labels
     pooled = slice_metrics(score, labels)["auroc"]
-    out, within = {"leave_one_out_gain": -np.inf}, []
+    gains, within = [], []
     for subject in np.unique(slices.subject):
         own = slices.subject == subject
-        rest = slice_metrics(score[~own], labels[~own])["auroc"]
-        out["leave_one_out_gain"] = max(out["leave_one_out_gain"], rest - pooled)
+        gains.append(slice_metrics(score[~own], labels[~own])["auroc"] - pooled)
         if 0 < labels[own].sum() < own.sum():
             within.append(slice_metrics(score[own], labels[own])["auroc"])
-    out["within_patient"] = float(np.mean(within))
-    out["brain_area"] = slice_metrics(slices.masks.sum(axis=(1, 2)), labels)["auroc"]
-    return out
+    return {
+        "leave_one_out_gain": max(gains),
+        "within_patient": float(np.mean(within)),
+        "brain_area": slice_metrics(slices.masks.sum(axis=(1, 2)), labels)["auroc"],
+    }
+
+
+def _share_below(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each of ``values``' share of ``reference`` scored below it, ties counting half."""
+    reference = np.sort(reference)
+    left = np.searchsorted(reference, values, "left")
+    return (left + (np.searchsorted(reference, values, "right") - left) / 2) / len(reference)
+
+
+def _group_row(group: np.ndarray, shares: dict[str, np.ndarray]) -> dict[str, float]:
+    """A group's number of slices and its mean share on each map (nan for an empty group)."""
+    row = {"slices": float(group.sum())}
+    for m, share in shares.items():
+        row[m] = float(share[group].mean()) if group.any() else float("nan")
+    return row
 
 
 def _markdown(result: dict) -> str:
