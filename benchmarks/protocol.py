@@ -18,12 +18,13 @@ curve of the ``best`` preset, whose training is FAE's own here (Lite0 with the l
 settings, on both modalities). ``--only-seeds 3,4`` runs only those seeds. Stage by stage:
 every run reaches 1,000 steps before any goes on to 2,000, so that an early stop leaves
 comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``,
-the comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}/`` (``results.md``
-with Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``; in
-``fae+<settings>/`` the same table with Welch p of FAE's ``best`` map settings against every
-other row); where every final run is at hand, ``fae benchmark``'s report (``report.html`` with
-the slice browser) is written in ``OUT/lgg-<modality>`` (``--no-report`` skips it: a lever's
-runs need only their recorded numbers). Everything resumes: rerun the same command after an
+the comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}-<steps>/``
+(``results.md`` with Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``;
+in ``fae+<settings>/`` the same table with Welch p of FAE's ``best`` map settings against every
+other row), over the seeds that every method of ``--methods`` has at that stage; where every
+final run is at hand, ``fae benchmark``'s report (``report.html`` with the slice browser) is
+written in ``OUT/lgg-<modality>`` (``--no-report`` skips it: a lever's runs need only their
+recorded numbers). Everything resumes: rerun the same command after an
 interruption. ``--brain-mask otsu`` runs the same protocol on the skull-on scans (the whole head
 as the "brain"), for contrast; its numbers must go to their own ``--out``/``--results``.
 
@@ -117,9 +118,9 @@ def main() -> None:
                            modality, method, seed, steps, overrides, prep, cache)  # fmt: skip
     for modality in modalities:
         results, out = args.results / f"lgg-{modality}", args.out / f"lgg-{modality}"
-        labels = _labels(results, methods)
+        extra = _extra_labels(results, methods)
         for subjects in ("select", "test"):
-            summary = write_comparison(results, labels, args.seeds, stages[-1], subjects)
+            summary = write_comparison(results, methods, extra, args.seeds, stages[-1], subjects)
             print(modality, subjects, json.dumps({m: {k: round(summary[m][k]["mean"], 4)
                                                   for k in METRICS} for m in summary}))  # fmt: skip
             if not (args.summary or args.no_report) and _all_runs_at(out, methods, args.seeds):
@@ -220,12 +221,10 @@ def best_label(changes: dict) -> str:
     return "+".join([PROPOSED, *(names[k](v) for k, v in changes.items())])
 
 
-def _labels(results: Path, methods: list[str]) -> list[str]:
-    """The compared rows: the methods, with FAE's ``best`` map settings beside FAE where the
-    curve has them."""
+def _extra_labels(results: Path, methods: list[str]) -> list[str]:
+    """The rows compared beside FAE: its runs with each ``best`` map settings the curve has."""
     recorded = {r["method"] for r in _rows(results)}
-    extra = sorted(m for m in recorded if m.startswith(PROPOSED + "+") and PROPOSED in methods)
-    return [*methods, *extra]
+    return sorted(m for m in recorded if m.startswith(PROPOSED + "+") and PROPOSED in methods)
 
 
 def _patients(est, subjects: str, cache: Path):
@@ -320,26 +319,35 @@ def _val_loss(run: Path, steps: int) -> str:
 
 
 def write_comparison(
-    results: Path, labels: list[str], seeds: int, steps: int, subjects: str
+    results: Path, labels: list[str], extra: list[str], seeds: int, steps: int, subjects: str
 ) -> dict:
-    """The comparison at ``steps`` from the kept evaluations, over the seeds every method has
-    (so that Welch's tests compare like with like): ``results.md``/``.csv``/``.json``,
+    """The comparison at ``steps`` from the kept evaluations, over the seeds every method of
+    ``labels`` has (so that Welch's tests compare like with like), with the rows of FAE's
+    ``best`` map settings in ``extra`` that have those seeds too (a former preset's rows may
+    lack the seeds recorded since it changed): ``results.md``/``.csv``/``.json``,
     ``bars.png``, ``pr_curves.png`` and ``per_patient.csv``/``.png`` (each method's Dice@5%FPR
-    per patient, mean over those seeds) in ``RESULTS/<subjects>``; returns the summary."""
-    found = {
-        m: [s for s in range(seeds) if _evaluation(results, m, s, steps, subjects).exists()]
-        for m in labels
-    }
-    common = sorted(set.intersection(*(set(v) for v in found.values())) if found else set())
+    per patient, mean over those seeds) in ``RESULTS/<subjects>-<steps>``; returns the
+    summary."""
+
+    def found(method: str) -> set[int]:
+        return {
+            s for s in range(seeds) if _evaluation(results, method, s, steps, subjects).exists()
+        }
+
+    common = sorted(set.intersection(*map(found, labels)) if labels else set())
     if not common:
         return {}
+    left_out = [m for m in extra if not found(m).issuperset(common)]
+    if left_out:
+        print(f"at {steps} steps, {', '.join(left_out)} lack one of seeds {common}: left out")
+    labels = [*labels, *(m for m in extra if m not in left_out)]
     records = {
         m: [json.loads(_evaluation(results, m, s, steps, subjects).read_text()) for s in common]
         for m in labels
     }
     runs = {m: [r["summary"] for r in rs] for m, rs in records.items()}
     summary = summarize(runs)
-    where = results / subjects
+    where = results / f"{subjects}-{steps}"
     write_summary(summary, runs, where)
     write_per_patient({m: [r["per_subject"] for r in rs] for m, rs in records.items()}, where)
     for best in (m for m in labels if m.startswith(PROPOSED + "+")):

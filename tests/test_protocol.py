@@ -91,3 +91,34 @@ def test_only_seeds_picks_the_seeds_and_refuses_others(protocol, tmp_path, monke
             protocol.main()
         assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not other.exists() and len(calls) == 4, "nothing written or trained for a bad command"
+
+
+def test_the_comparison_is_kept_per_stage_over_the_seeds_every_method_has(
+    protocol, tmp_path, capsys
+):
+    """Each stage's comparison has a folder of its own (the 10,000-step one does not replace the
+    2,000-step one); it covers the seeds every method asked for has there, and FAE's ``best`` map
+    settings recorded for fewer seeds (a former preset) are left out and said so."""
+    results, run = tmp_path / "results", tmp_path / "run"
+    run.mkdir()
+    per_subject = [{"subject": "a", "lesion_pixels": 10, "dice_at_fpr": 0.5}]
+    recorded = {"fae": 3, "threshold": 4, "fae+dark": 2, "fae+top25": 3}  # seeds 0..n-1
+    for steps in (2000, 10_000):
+        for method, n in recorded.items():
+            for seed in range(n):
+                value = 0.1 * seed + (0.3 if method.startswith("fae") else 0.0) + steps / 1e5
+                for subjects in ("select", "test"):
+                    protocol._record(results, method, seed, steps, subjects, summary(value),
+                                     per_subject, run, "fp32")  # fmt: skip
+    extra = protocol._extra_labels(results, ["fae", "threshold"])
+    assert extra == ["fae+dark", "fae+top25"]
+    assert protocol._extra_labels(results, ["threshold"]) == [], "FAE's rows only beside FAE"
+    table = protocol.write_comparison(results, ["fae", "threshold"], extra, 5, 10_000, "test")
+    assert list(table) == ["fae", "threshold", "fae+top25"]
+    assert all(table[m]["seeds"] == 3 for m in table), "the seeds all three have: 0-2"
+    assert table["threshold"]["pixel_ap"]["mean"] == pytest.approx(0.1 + 0.1)
+    assert "fae+dark lack one of seeds [0, 1, 2]: left out" in capsys.readouterr().out
+    assert (results / "test-10000" / "results.md").exists()
+    assert (results / "test-10000" / "fae+top25" / "results.md").exists()
+    assert not (results / "test-2000").exists(), "another stage's tables are left alone"
+    assert protocol.write_comparison(results, ["fae", "vae"], extra, 5, 2000, "test") == {}
