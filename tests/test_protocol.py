@@ -107,9 +107,11 @@ def test_the_comparison_is_kept_per_stage_over_the_seeds_every_method_has(
         for method, n in recorded.items():
             for seed in range(n):
                 value = 0.1 * seed + (0.3 if method.startswith("fae") else 0.0) + steps / 1e5
+                curve = {"recall": [0.0, 1.0], "precision": [1.0, value]}  # for pr_curves.png
                 for subjects in ("select", "test"):
-                    protocol._record(results, method, seed, steps, subjects, summary(value),
-                                     per_subject, run, "fp32")  # fmt: skip
+                    protocol._record(results, method, seed, steps, subjects,
+                                     {**summary(value), "pr_curve": curve}, per_subject, run,
+                                     "fp32")  # fmt: skip
     extra = protocol._extra_labels(results, ["fae", "threshold"])
     assert extra == ["fae+dark", "fae+top25"]
     assert protocol._extra_labels(results, ["threshold"]) == [], "FAE's rows only beside FAE"
