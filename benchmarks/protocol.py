@@ -337,10 +337,10 @@ def write_comparison(
     common = sorted(set.intersection(*map(found, labels)) if labels else set())
     if not common:
         return {}
-    left_out = [m for m in extra if not found(m).issuperset(common)]
-    if left_out:
+    kept = [m for m in extra if found(m).issuperset(common)]
+    if left_out := [m for m in extra if m not in kept]:
         print(f"at {steps} steps, {', '.join(left_out)} lack one of seeds {common}: left out")
-    labels = [*labels, *(m for m in extra if m not in left_out)]
+    labels = [*labels, *kept]
     records = {
         m: [json.loads(_evaluation(results, m, s, steps, subjects).read_text()) for s in common]
         for m in labels
@@ -350,7 +350,7 @@ def write_comparison(
     where = results / f"{subjects}-{steps}"
     write_summary(summary, runs, where)
     write_per_patient({m: [r["per_subject"] for r in rs] for m, rs in records.items()}, where)
-    for best in (m for m in labels if m.startswith(PROPOSED + "+")):
+    for best in kept:
         # the best map settings tested against every other row, in a table of its own
         order = {best: runs[best], **{m: v for m, v in runs.items() if m != best}}
         write_tables(summarize(order, reference=best), where / best, reference=best)
