@@ -15,10 +15,12 @@ FAE's runs are also evaluated with those settings (refitted and calibrated on th
 validation scans), as method ``fae+fusion+center25+median3`` / ``fae+dark+center25+median3``
 (a changed preset gets rows of its own, and a lost run is retrained for them): the learning
 curve of the ``best`` preset, whose training is FAE's own here (Lite0 with the lgg-cpu.toml
-settings, on both modalities). ``--only-seeds 3,4`` runs only those seeds. Stage by stage:
-every run reaches 1,000 steps before any goes on to 2,000, so that an early stop leaves
-comparable runs. The curve lands in ``RESULTS/lgg-<modality>/curve.csv``,
-the comparison at the last stage in ``RESULTS/lgg-<modality>/{test,select}-<steps>/``
+settings, on both modalities). ``--only-seeds 3,4`` runs only those seeds; ``--no-comparison``
+leaves the comparison tables alone (a method run for fewer seeds than the others would
+otherwise shrink them to its own). Stage by stage: every run reaches 1,000 steps before any
+goes on to 2,000, so that an early stop leaves comparable runs. The curve lands in
+``RESULTS/lgg-<modality>/curve.csv``, the comparison at the last stage in
+``RESULTS/lgg-<modality>/{test,select}-<steps>/``
 (``results.md`` with Welch p against FAE, ``bars.png``, ``pr_curves.png``, ``per_patient.csv``;
 in ``fae+<settings>/`` the same table with Welch p of FAE's ``best`` map settings against every
 other row), over the seeds that every method of ``--methods`` has at that stage; where every
@@ -95,10 +97,18 @@ def main() -> None:
     )
     parser.add_argument("--summary", action="store_true", help="only write the comparison")
     parser.add_argument(
+        "--no-comparison",
+        action="store_true",
+        help="train and record only, leaving the comparison tables as they are (for a method's "
+        "missing seeds, whose partial table would replace the comparison of more methods)",
+    )
+    parser.add_argument(
         "--no-report", action="store_true", help="skip fae benchmark's report.html at the end"
     )
     args = parser.parse_args()
     seeds = args.only_seeds or range(args.seeds)
+    if args.summary and args.no_comparison:
+        parser.error("--summary and --no-comparison exclude each other")
     if not all(s < args.seeds for s in seeds):
         given = ",".join(map(str, seeds))
         parser.error(f"--only-seeds {given}: each must be below --seeds {args.seeds}")
@@ -116,7 +126,7 @@ def main() -> None:
                 for method in methods:
                     _stage(args.out / f"lgg-{modality}", args.results / f"lgg-{modality}",
                            modality, method, seed, steps, overrides, prep, cache)  # fmt: skip
-    for modality in modalities:
+    for modality in [] if args.no_comparison else modalities:
         results, out = args.results / f"lgg-{modality}", args.out / f"lgg-{modality}"
         extra = _extra_labels(results, methods)
         for subjects in ("select", "test"):

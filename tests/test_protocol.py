@@ -67,7 +67,8 @@ def test_the_best_presets_map_settings_name_their_rows(protocol):
 
 def test_only_seeds_picks_the_seeds_and_refuses_others(protocol, tmp_path, monkeypatch, capsys):
     """``--only-seeds`` runs those seeds, stage by stage, in the order given; a seed outside
-    ``--seeds`` or a malformed list stops before anything is written or trained."""
+    ``--seeds`` or a malformed list stops before anything is written or trained;
+    ``--no-comparison`` trains without writing the comparison tables."""
     calls = []
     monkeypatch.setattr(
         protocol, "_stage", lambda out, res, mod, meth, seed, steps, *a: calls.append((seed, steps))
@@ -82,6 +83,15 @@ def test_only_seeds_picks_the_seeds_and_refuses_others(protocol, tmp_path, monke
     monkeypatch.setattr("sys.argv", [*argv, "--seeds", "2"])
     protocol.main()
     assert calls == [(0, 1000), (1, 1000), (0, 2000), (1, 2000)], "without it: every seed"
+    written = []
+    monkeypatch.setattr(protocol, "write_comparison", lambda *a: written.append(a[-1]) or {})
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds", "2", "--no-comparison"])
+    protocol.main()
+    assert written == [], "--no-comparison leaves the tables as they are"
+    monkeypatch.setattr("sys.argv", [*argv, "--seeds", "2"])
+    protocol.main()
+    assert written == ["select", "test"], "else both comparisons are written"
+    trained = len(calls)
     capsys.readouterr()
     other = tmp_path / "other"
     argv[4] = str(other)
@@ -90,7 +100,11 @@ def test_only_seeds_picks_the_seeds_and_refuses_others(protocol, tmp_path, monke
         with pytest.raises(SystemExit) as exit_:
             protocol.main()
         assert exit_.value.code == 2 and message in capsys.readouterr().err
-    assert not other.exists() and len(calls) == 4, "nothing written or trained for a bad command"
+    monkeypatch.setattr("sys.argv", [*argv, "--summary", "--no-comparison"])
+    with pytest.raises(SystemExit) as exit_:
+        protocol.main()
+    assert exit_.value.code == 2 and "exclude each other" in capsys.readouterr().err
+    assert not other.exists() and len(calls) == trained, "nothing written or trained if bad"
 
 
 def test_the_comparison_is_kept_per_stage_over_the_seeds_every_method_has(
