@@ -9,8 +9,8 @@ method of each:
     .venv/bin/python benchmarks/compare_levers.py --modality t1 --steps 1000 benchmarks/results/*
 
 ``--plot FILE`` also draws the learning curve: validation loss and each metric against the
-training steps, one line per method (mean over the seeds that every stage of it has, so that
-each line follows the same runs; ± std shaded).
+training steps, one line per method in the same colour in every panel (mean over the seeds that
+every stage of it has, so that each line follows the same runs; ± std shaded).
 """
 
 from __future__ import annotations
@@ -63,35 +63,59 @@ def main() -> None:
         plot_curves(curves, args.plot, f"LGG {args.modality}, {args.subjects} patients")
 
 
-def plot_curves(curves: dict[str, dict[int, list[dict]]], path: Path, title: str) -> None:
-    """Validation loss (methods that have one) and every metric against the training steps."""
+def _series(stages: dict[int, list[dict]], key: str):
+    """Steps, mean and std of ``key`` over the seeds that every stage with it has; None where
+    there is no curve (fewer than two stages, or no seed common to them)."""
+    steps = sorted(s for s, rows in stages.items() if all(r[key] for r in rows))
+    if len(steps) < 2:
+        return None
+    seeds = set.intersection(*({r["seed"] for r in stages[s]} for s in steps))
+    if not seeds:
+        return None
+    values = [np.array([float(r[key]) for r in stages[s] if r["seed"] in seeds]) for s in steps]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return steps, mean, std
+
+
+def draw_curves(curves: dict[str, dict[int, list[dict]]], title: str):
+    """Validation loss (methods that have one) and every metric against the training steps, one
+    colour per curve in every panel and one legend for the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = {"val_loss": "validation loss (healthy slices)", **METRICS}
+    series = {
+        label: {key: _series(stages, key) for key in panels} for label, stages in curves.items()
+    }
+    labels = [label for label, by_key in series.items() if any(by_key.values())]
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    handles = {}
     for ax, (key, name) in zip(axes, panels.items(), strict=True):
-        for label, stages in curves.items():
-            steps = sorted(s for s, rows in stages.items() if all(r[key] for r in rows))
-            if len(steps) < 2:  # a curve needs two stages
+        for label in labels:
+            if series[label][key] is None:
                 continue
-            seeds = set.intersection(*({r["seed"] for r in stages[s]} for s in steps))
-            if not seeds:  # ... of the same runs
-                continue
-            values = [
-                np.array([float(r[key]) for r in stages[s] if r["seed"] in seeds]) for s in steps
-            ]
-            mean = np.array([v.mean() for v in values])
-            std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
-            ax.plot(steps, mean, marker="o", label=label)
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            steps, mean, std = series[label][key]
+            (handles[label],) = ax.plot(steps, mean, marker="o", color=colours[label])
+            ax.fill_between(steps, mean - std, mean + std, color=colours[label], alpha=0.2)
         ax.set_title(name)
         ax.set_xlabel("training steps")
-    axes[0].legend(fontsize=7)
+    fig.legend([handles[label] for label in labels], labels, loc="lower center",
+               ncol=min(len(labels), 5), fontsize=8)  # fmt: skip
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * -(-len(labels) // 5), 1, 1))
+    return fig
+
+
+def plot_curves(curves: dict[str, dict[int, list[dict]]], path: Path, title: str) -> None:
+    """:func:`draw_curves` as a PNG, written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_curves(curves, title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
