@@ -24,6 +24,24 @@ SHARED_DATA = Path(
 )
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package; a script
+    may import its sibling scripts, so their folder is on the path while it loads)."""
+    import importlib.util
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
 def head(shape=(40, 48, 12), seed=0, lesion=True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A toy skull-stripped head: ellipsoid brain with two tissues, noise and a bright lesion."""
     rng = np.random.default_rng(seed)

@@ -4,22 +4,17 @@ validation loss), and the legend names every curve."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from matplotlib.colors import to_hex
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_levers.py"
+from conftest import benchmark_script
+
 METRIC_KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc")
 
 
 @pytest.fixture(scope="module")
 def compare_levers():
-    spec = importlib.util.spec_from_file_location("compare_levers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("compare_levers")
 
 
 def row(seed: int, value: float, val_loss: str) -> dict:

@@ -3,21 +3,16 @@ README's tables are made from, so it must keep older rows and say which precisio
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol.py"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def protocol():
-    spec = importlib.util.spec_from_file_location("protocol", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("protocol")
 
 
 def summary(value: float) -> dict:

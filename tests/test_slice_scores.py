@@ -4,30 +4,17 @@ half, and the slice AUROC with the slices next to a lesion left out."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from fae.data.slices import SliceSet
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def slice_scores():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling scripts
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "slice_scores", BENCHMARKS / "slice_scores.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return benchmark_script("slice_scores")
 
 
 def test_lesion_free_slices_grouped_by_their_distance_to_a_lesion(slice_scores):
