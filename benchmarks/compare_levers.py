@@ -18,11 +18,15 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fae.benchmark import METRICS
 from fae.io import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def main() -> None:
@@ -63,7 +67,9 @@ def main() -> None:
         plot_curves(curves, args.plot, f"LGG {args.modality}, {args.subjects} patients")
 
 
-def _series(stages: dict[int, list[dict]], key: str):
+def _series(
+    stages: dict[int, list[dict]], key: str
+) -> tuple[list[int], np.ndarray, np.ndarray] | None:
     """Steps, mean and std of ``key`` over the seeds that every stage with it has; None where
     there is no curve (fewer than two stages, or no seed common to them)."""
     steps = sorted(s for s, rows in stages.items() if all(r[key] for r in rows))
@@ -78,7 +84,7 @@ def _series(stages: dict[int, list[dict]], key: str):
     return steps, mean, std
 
 
-def draw_curves(curves: dict[str, dict[int, list[dict]]], title: str):
+def draw_curves(curves: dict[str, dict[int, list[dict]]], title: str) -> Figure:
     """Validation loss (methods that have one) and every metric against the training steps, one
     colour per curve in every panel and one legend for the figure."""
     import matplotlib

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -27,11 +29,9 @@ SHARED_DATA = Path(
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def benchmark_script(name: str):
+def benchmark_script(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` imported as a module (the scripts are not a package; a script
     may import its sibling scripts, so their folder is on the path while it loads)."""
-    import importlib.util
-
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
