@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fae.benchmark import METRICS
+from fae.benchmark import METRICS, method_colours
 from fae.io import atomic_path
 
 if TYPE_CHECKING:
@@ -97,8 +97,7 @@ def draw_curves(curves: dict[str, dict[int, list[dict]]], title: str) -> Figure:
         label: {key: _series(stages, key) for key in panels} for label, stages in curves.items()
     }
     labels = [label for label, by_key in series.items() if any(by_key.values())]
-    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
-    colours = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    colours = dict(zip(labels, method_colours(len(labels)), strict=True))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     handles = {}
     for ax, (key, name) in zip(axes, panels.items(), strict=True):

@@ -274,7 +274,7 @@ def bars_figure(summary: dict) -> Figure:
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     width = 0.8 / len(methods)
-    cmap = _colours(len(methods))
+    cmap = method_colours(len(methods))
     for i, method in enumerate(methods):
         means = [summary[method][m]["mean"] for m in METRICS]
         stds = [summary[method][m]["std"] for m in METRICS]
@@ -303,7 +303,7 @@ def pr_curves_figure(runs: dict[str, list[dict]]) -> Figure:
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     grid = np.linspace(0, 1, 101)
-    cmap = _colours(len(runs))
+    cmap = method_colours(len(runs))
     for i, (method, results) in enumerate(runs.items()):
         curves = []
         for r in results:
@@ -382,7 +382,7 @@ def per_patient_figure(dice: dict[str, np.ndarray], label: str = "Dice@5%FPR") -
     values = np.array([np.asarray(dice[m], dtype=float) for m in methods])  # (methods, patients)
     x = np.arange(len(methods))
     ax.plot(x, values, color="0.8", linewidth=0.5, zorder=1)
-    cmap = _colours(len(methods))
+    cmap = method_colours(len(methods))
     jitter = np.random.default_rng(0).uniform(-0.08, 0.08, values.shape[1])
     for i in range(len(methods)):
         finite = values[i][np.isfinite(values[i])]
@@ -397,7 +397,8 @@ def per_patient_figure(dice: dict[str, np.ndarray], label: str = "Dice@5%FPR") -
     return figure
 
 
-def _colours(n: int) -> list:
+def method_colours(n: int) -> list:
+    """One tab10 colour per method, in order: the same method keeps its colour in every figure."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
