@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ from fae.io import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+LEGEND_COLUMNS = 5
 
 
 def main() -> None:
@@ -110,9 +113,10 @@ def draw_curves(curves: dict[str, dict[int, list[dict]]], title: str) -> Figure:
         ax.set_title(name)
         ax.set_xlabel("training steps")
     fig.legend([handles[label] for label in labels], labels, loc="lower center",
-               ncol=min(len(labels), 5), fontsize=8)  # fmt: skip
+               ncol=min(len(labels), LEGEND_COLUMNS), fontsize=8)  # fmt: skip
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 * -(-len(labels) // 5), 1, 1))
+    legend_rows = math.ceil(len(labels) / LEGEND_COLUMNS)
+    fig.tight_layout(rect=(0, 0.06 * legend_rows, 1, 1))  # room for the legend below
     return fig
 
 
