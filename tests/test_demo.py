@@ -113,3 +113,30 @@ def test_demo_dark_weight_reaches_the_run(tmp_path, monkeypatch):
         assert params["dark_weight"] is dark and params["volume_center"] == 0.25
         own = ((tmp_path / str(dark) / "data", 12), {"seed": 0, "modalities": ("t1",)})
         assert written.pop() == own, "a new folder gets the demo's own data: 12 subjects, 1 mm"
+
+
+def test_demo_precision_reaches_the_run(tmp_path, monkeypatch):
+    """``--precision`` sets the run's arithmetic; without it the run keeps the method's own
+    default (auto), so the printed table of a given CPU does not change."""
+    import fae.demo as demo
+    from fae.cli import parser
+    from fae.methods.registry import method_class
+
+    class Trained(Exception):
+        pass
+
+    def train_or_resume(spec, run, cache):
+        raise Trained(spec.params)
+
+    monkeypatch.setattr(demo, "make_synthetic", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "train_or_resume", train_or_resume)
+    for precision in (None, "fp32", "bf16"):
+        with pytest.raises(Trained) as trained:
+            demo.run_demo(tmp_path / str(precision), precision=precision)
+        params = trained.value.args[0]
+        assert params.get("precision") == precision
+    assert method_class("fae")().config.precision == "auto"
+    assert parser().parse_args(["demo"]).precision is None
+    assert parser().parse_args(["demo", "--precision", "fp32"]).precision == "fp32"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["demo", "--precision", "fp16"])

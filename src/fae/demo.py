@@ -50,14 +50,18 @@ def run_demo(
     steps: int | None = None,
     standardize_features: bool = True,
     dark_weight: bool = False,
+    precision: str | None = None,
 ) -> dict:
-    """Run (or continue) the demo in ``out``; prints a table and returns the metrics."""
+    """Run (or continue) the demo in ``out``; prints a table and returns the metrics.
+    ``precision`` None leaves the method's default (auto: bf16 where the hardware has it)."""
     data_dir, run = out / "data", out / "run"
     datalist = data_dir / "datalist.csv"
     if not datalist.exists():
         make_synthetic(data_dir, n_subjects, seed=seed, modalities=(MODALITY,))
     params = {**DEMO_PARAMS, "seed": seed, "standardize_features": standardize_features,
               "dark_weight": dark_weight}  # fmt: skip
+    if precision is not None:
+        params["precision"] = precision
     if steps or not (run / "checkpoint.pt").exists():  # else: the run's own, when continued
         params["steps"] = steps or DEMO_STEPS
     cache = out / "cache"

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fae.cli import options
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic brains → FAE training → maps → metrics, figures")
@@ -25,6 +27,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="weight the maps by darkness as the best preset for T1 does (default: off; it "
         "halves the evidence of the demo's bright anomalies; see fae train)",
     )
+    p.add_argument(
+        "--precision",
+        choices=options.PRECISION_CHOICES,
+        help="arithmetic of training and maps (default: auto = bf16 where the CPU or GPU has it "
+        "natively, fp32 otherwise; the printed numbers differ a little between the two)",
+    )
     p.set_defaults(func=demo)
 
 
@@ -39,6 +47,7 @@ def demo(args: argparse.Namespace) -> int:
             args.steps,
             args.standardize_features,
             args.dark_weight,
+            args.precision,
         )
     except KeyboardInterrupt:
         print("fae: interrupted; run the same command again to continue", file=sys.stderr)
