@@ -27,12 +27,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="weight the maps by darkness as the best preset for T1 does (default: off; it "
         "halves the evidence of the demo's bright anomalies; see fae train)",
     )
-    p.add_argument(
-        "--precision",
-        choices=options.PRECISION_CHOICES,
-        help="arithmetic of training and maps (default: auto = bf16 where the CPU or GPU has it "
-        "natively, fp32 otherwise; the printed numbers differ a little between the two)",
-    )
+    options.add_training_precision(p)
     p.set_defaults(func=demo)
 
 

@@ -38,6 +38,16 @@ def add_brain_mask_override(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_training_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision`` of a command that trains (fae train, fae demo); None leaves auto."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="arithmetic of training and maps (default: auto = bf16 where the CPU or GPU has "
+        "it natively, for FAE; fp32 otherwise)",
+    )
+
+
 def add_precision_override(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",

@@ -103,12 +103,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "not brighter than their surroundings)",
     )
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument(
-        "--precision",
-        choices=options.PRECISION_CHOICES,
-        help="arithmetic of training and maps (default: auto = bf16 where the CPU or GPU has "
-        "it natively, for FAE; fp32 otherwise)",
-    )
+    options.add_training_precision(p)
     options.add_split(p)
     p.add_argument(
         "--train-slices",
