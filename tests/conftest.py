@@ -6,6 +6,14 @@ import importlib.util
 import os
 import subprocess
 import sys
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # ``make test`` runs two pytest-xdist workers, one per core: each with one thread, and so the
+    # commands it runs (many threads per process on two cores make every process slower). Set
+    # before numpy is imported, whose BLAS reads it once: a worker whose numpy kept two threads
+    # made maps that differ in the last bit from the same maps made by its one-thread commands.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 from pathlib import Path
 from types import ModuleType
 
@@ -14,12 +22,9 @@ import numpy as np
 import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # ``make test`` runs two pytest-xdist workers, one per core: each with one thread, and so the
-    # commands it runs (many threads per process on two cores make every process slower)
-    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # in case torch was imported before the variable was set
 
 SHARED_DATA = Path(
     os.environ.get("FAE_SHARED_DATA", Path(__file__).parents[1] / ".." / "shared" / "data")
