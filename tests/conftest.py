@@ -13,6 +13,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # before numpy is imported, whose BLAS reads it once: a worker whose numpy kept two threads
     # made maps that differ in the last bit from the same maps made by its one-thread commands.
     os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)  # in case torch was imported before the variable was set
 
 from pathlib import Path
 from types import ModuleType
@@ -20,11 +23,6 @@ from types import ModuleType
 import nibabel as nib
 import numpy as np
 import pytest
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-
-    torch.set_num_threads(1)  # in case torch was imported before the variable was set
 
 SHARED_DATA = Path(
     os.environ.get("FAE_SHARED_DATA", Path(__file__).parents[1] / ".." / "shared" / "data")
