@@ -24,6 +24,10 @@ then scores the same levers on the report patients, to report what was chosen:
 - ``center25-dark``, ``center25-dark-median3``: the centred map times how dark each pixel is
   for healthy tissue (``dark_weight``: P_healthy(brighter), 0.5 to 1, fitted on the run's
   healthy validation slices), without and with the median;
+- ``center25-<weight>-median<n>``: the last with one change or two, to the weight
+  (``dark2``, ``dark4``: squared, to the 4th power; ``darkonly``: rescaled to 0..1;
+  ``darksmooth[2]``: from the slice smoothed in-plane inside the brain by a Gaussian of 1 [2]
+  pixels; ``darkblur[2]``: itself smoothed so) and to the median (over 3, 5 or 7 slices);
 - ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
   errors sit), metrics still over the whole mask;
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
@@ -31,7 +35,8 @@ then scores the same levers on the report patients, to report what was chosen:
 - ``ensemble``: the mean map over the seeds (one value);
 - ``threshold``, ``threshold-median3`` and ``threshold-center25-median3``: the image intensity,
   alone, with the median, and centred per scan with the median; ``threshold-dark``: the
-  negated intensity (dark is suspicious).
+  negated intensity (dark is suspicious); ``threshold-darksmooth2-median5``: the negated
+  intensity smoothed in-plane inside the brain (2 pixels) with the median over 5 slices.
 
 The table goes to ``RESULTS/lgg-<modality>/levers[-test].md`` and ``.json`` (``--results``,
 default ``benchmarks/results/<name of --out>``, kept in the repository).
@@ -56,7 +61,7 @@ from fae.data.slices import SliceSet, prepare_dataset
 from fae.evaluation import evaluate_maps, slice_scores
 from fae.io import atomic_path
 from fae.methods.base import load_method
-from fae.postprocess import center_volumes, median_across_slices
+from fae.postprocess import center_volumes, median_across_slices, smooth_inside
 
 KEYS = ("pixel_ap", "dice_at_fpr", "best_dice", "slice_auroc")
 RESULTS = Path(__file__).parent / "results"
@@ -97,6 +102,10 @@ def main() -> None:
     centred = _median3(patients, _center(patients, intensity, 0.25))
     table["threshold-center25-median3"] = _summary([_score(patients, centred)])
     table["threshold-dark"] = _summary([_score(patients, np.where(patients.masks, -intensity, 0))])
+    dark_smooth = -smooth_inside(patients.images, patients.masks, 2)
+    table["threshold-darksmooth2-median5"] = _summary(
+        [_score(patients, _median(patients, np.where(patients.masks, dark_smooth, 0), 5))]
+    )
     result = {
         "modality": args.modality,
         "subjects": args.subjects,
@@ -137,6 +146,7 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
     dark = est.with_maps(healthy, volume_center=0.25, dark_weight=True)
     levers["center25-dark"] = dark.predict(patients)
     levers["center25-dark-median3"] = _median3(patients, levers["center25-dark"])
+    levers.update(_dark_variants(dark, patients, healthy, levers["center25"]))
     levers["scale25"] = _per_volume(patients, base, _scaled)
     levers["scale25-median3"] = _median3(patients, levers["scale25"])
     levers["fusion-center25"] = _center(patients, levers["fusion"], 0.25)
@@ -144,6 +154,43 @@ def _levers(est, patients: SliceSet, healthy: SliceSet) -> dict[str, np.ndarray]
     threshold, _ = est.thresholds(0.05)
     levers["components"] = _per_volume(patients, base, lambda v, _: _drop_small(v, threshold, 20))
     return {k: np.asarray(v, np.float32) for k, v in levers.items()}
+
+
+def _dark_variants(
+    dark, patients: SliceSet, healthy: SliceSet, centred: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Variants of ``center25-dark-median3`` (the ``best`` map on T1), each one change: the
+    weight squared or to the 4th power (0.25 or 0.06 to 1: darkness counts for more), rescaled
+    to 0..1 (``darkonly``: tissue brighter than the healthy median counts for nothing), taken
+    from the slice smoothed in-plane inside the brain (``darksmooth``, ``darksmooth2``,
+    ``darksmooth3``: a Gaussian of 1, 2 or 3 pixels, so that single dark pixels weigh less than
+    dark regions, the healthy tail fitted on unsmoothed slices), or itself smoothed so
+    (``darkblur``, ``darkblur2``); the median over 5 or 7 slices; the smoothings with those
+    medians; and FAE's ``dark_smooth`` of 2, 3, 4, 6 or 8 pixels (``dark-smooth<n>``: the healthy
+    tail fitted on the healthy slices smoothed alike) with the median over 5."""
+    masks = patients.masks
+    weight = dark.map_weight(patients.images, masks)
+    smooth1, smooth2, smooth3 = (smooth_inside(patients.images, masks, s) for s in (1, 2, 3))
+    weights = {  # name → (weight, the medians it is tried with)
+        "dark": (weight, (5, 7)),
+        "dark2": (weight**2, (3,)),
+        "dark4": (weight**4, (3,)),
+        "darkonly": (2 * weight - 1, (3,)),
+        "darksmooth": (dark.map_weight(smooth1, masks), (3, 5)),
+        "darksmooth2": (dark.map_weight(smooth2, masks), (3, 5, 7)),
+        "darksmooth3": (dark.map_weight(smooth3, masks), (5, 7)),
+        "darkblur": (smooth_inside(weight, masks, 1), (3, 5)),
+        "darkblur2": (smooth_inside(weight, masks, 2), (3,)),
+    }
+    out = {
+        f"center25-{name}-median{n}": _median(patients, np.where(masks, centred * w, 0), n)
+        for name, (w, medians) in weights.items()
+        for n in medians
+    }
+    for sigma in (2, 3, 4, 6, 8):  # dark_smooth: the healthy tail fitted on smoothed slices too
+        smoothed = dark.with_maps(healthy, dark_smooth=sigma, slice_median=5)
+        out[f"center25-dark-smooth{sigma}-median5"] = smoothed.predict(patients)
+    return out
 
 
 def _fusions(
@@ -164,7 +211,12 @@ def _fusions(
 
 def _median3(slices: SliceSet, maps: np.ndarray) -> np.ndarray:
     """The median over each slice and its two neighbours (``slice_median = 3``)."""
-    return median_across_slices(maps, slices.masks, 3, slices.subject, slices.slice_index)
+    return _median(slices, maps, 3)
+
+
+def _median(slices: SliceSet, maps: np.ndarray, n: int) -> np.ndarray:
+    """The median over each slice and its neighbours, ``n`` slices in all (``slice_median``)."""
+    return median_across_slices(maps, slices.masks, n, slices.subject, slices.slice_index)
 
 
 def _center(slices: SliceSet, maps: np.ndarray, quantile: float) -> np.ndarray:

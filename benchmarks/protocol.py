@@ -224,6 +224,7 @@ def best_label(changes: dict) -> str:
     names = {
         "fusion": lambda v: "fusion",
         "dark_weight": lambda v: "dark",
+        "dark_smooth": lambda v: f"smooth{v:g}",
         "volume_center": lambda v: f"center{round(100 * v)}",
         "slice_median": lambda v: f"median{v}",
         "slice_score": str,

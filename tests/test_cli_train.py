@@ -173,7 +173,8 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     saved = json.loads((tmp_path / "best" / "config.json").read_text())["config"]
     assert saved["backbone"] == "efficientnet-lite0" and saved["standardize_features"]
     assert saved["fusion"] == "none" and not saved["train_batchnorm"], "best for T1: no fusion"
-    assert saved["slice_median"] == 3, "best: the median across slices"
+    assert saved["slice_median"] == 5, "best for T1: the median across 5 slices"
+    assert saved["dark_smooth"] == 6.0, "best for T1: darkness read off the smoothed slice"
     assert saved["volume_center"] == 0.25, "best for T1: each scan centred"
     assert saved["dark_weight"], "best for T1: the centred map weighted by darkness"
     assert saved["slice_score"] == "top25", "best for T1: the top 25 % of a slice's map"
@@ -192,12 +193,18 @@ def test_presets_fill_settings_that_config_and_flags_override(tiny_data, tmp_pat
     assert centred["volume_center"] == 0.25 and not centred["dark_weight"]
     assert main([*base, *centre, "--dark-weight", "--out", str(tmp_path / "dark")]) == 0
     assert json.loads((tmp_path / "dark/config.json").read_text())["config"]["dark_weight"]
+    smooth = ["--dark-weight", "--dark-smooth", "1.5", "--out", str(tmp_path / "smooth")]
+    assert main([*base, *centre, *smooth]) == 0
+    assert json.loads((tmp_path / "smooth/config.json").read_text())["config"]["dark_smooth"] == 1.5
+    assert main([*base, "--dark-smooth", "-1", "--out", str(tmp_path / "negative")]) == 2
+    assert "dark_smooth must be at least 0" in capsys.readouterr().err
     assert main([*base, "--volume-center", "1", "--out", str(tmp_path / "q1")]) == 2
     assert "volume_center must be a quantile" in capsys.readouterr().err
     flair = method_class("fae").preset("best", "flair")
     assert flair["fusion"] == "intensity" and flair["volume_center"] == 0.25, "best for FLAIR"
     assert not flair["dark_weight"], "FLAIR lesions are bright: no darkness weight"
     assert flair["slice_score"] == "top10", "the top 25 % was measured on T1 only"
+    assert flair["slice_median"] == 3 and flair["dark_smooth"] == 0, "5 slices: T1 only"
     assert not method_class("fae").preset("best", "t2")["dark_weight"], "measured on T1 only"
     paper = method_class("fae").preset("paper", "t1")
     assert (paper["backbone"], paper["weights"], paper["train_batchnorm"]) == (

@@ -85,6 +85,8 @@ def test_demo_standardises_features_unless_told_not_to():
     assert best["dark_weight"] and not DEMO_PARAMS["dark_weight"]
     assert DEMO_PARAMS["volume_center"] == best["volume_center"] == 0.25
     assert best["slice_score"] == "top25" and DEMO_PARAMS["slice_score"] == "top10"
+    assert best["slice_median"] == 5 and DEMO_PARAMS["slice_median"] == 3
+    assert DEMO_PARAMS["dark_smooth"] == 0
     assert parser().parse_args(["demo"]).dark_weight is False
     assert parser().parse_args(["demo", "--dark-weight"]).dark_weight is True
     assert parser().parse_args(["demo"]).standardize_features is True

@@ -18,6 +18,7 @@ from fae.data.synthetic import make_synthetic
 from fae.exported import ExportedModel
 from fae.methods.base import load_method
 from fae.methods.fae.fusion import LEVELS, TailSurprisal
+from fae.postprocess import smooth_inside
 from fae.workflow import RunSpec, train_or_resume
 
 from conftest import shared_data
@@ -134,19 +135,21 @@ def test_fused_centred_and_median_maps_are_exported_too(root):
 
 def test_the_dark_weight_is_exported_as_a_second_output(root):
     """A run with ``dark_weight`` exports its weights beside its maps, and the exported model
-    weights each centred map as the run does."""
+    weights each centred map as the run does (``dark_smooth`` too: the graph's weights are
+    those of the slices smoothed as the run smooths them)."""
     run = trained(root, "fae")
     est = load_method(run, progress=False, precision="fp32")
     dataset = discover(root / "data" / "datalist.csv")
     val = prepare_dataset(dataset, "t1", est.prep, root / "cache", est.meta["splits"]["val"], False)
-    dark = est.with_maps(val, dark_weight=True, volume_center=0.25, slice_median=3)
+    dark = est.with_maps(val, dark_weight=True, dark_smooth=2.0, volume_center=0.25, slice_median=3)
     dark.save_run(root / "dark")
     r = fae("export", root / "dark", "--out", root / "dark.onnx")
     assert r.returncode == 0, r.stderr
     exported = ExportedModel(root / "dark.onnx")
-    assert exported.config["dark_weight"]
+    assert exported.config["dark_weight"] and exported.config["dark_smooth"] == 2.0
     slices = report_slices(root, est)
-    weights = exported.weights(slices.images[:, None])[:, 0]
+    smoothed = smooth_inside(slices.images, slices.masks, 2.0)
+    weights = exported.weights(smoothed[:, None])[:, 0]
     expected_weights = dark.map_weight(slices.images, slices.masks)
     brain = slices.masks
     np.testing.assert_allclose(weights[brain], expected_weights[brain], atol=1e-6)

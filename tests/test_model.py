@@ -15,7 +15,7 @@ from fae.data.synthetic import synthesize_subject
 from fae.data.volume import Volume
 from fae.errors import FaeInputError
 from fae.methods.fae import FAE, FeatureAutoencoder, StructuralFAE
-from fae.postprocess import center_volumes, median_across_slices
+from fae.postprocess import center_volumes, median_across_slices, smooth_inside
 
 PREP = PrepConfig(size=64)
 TINY = {
@@ -283,6 +283,27 @@ def test_dark_weight_scales_each_centred_map_by_how_dark_the_tissue_is(healthy, 
     assert plain.map_weight(healthy.images, brain) is None and not plain.config.dark_weight
     loaded = FAE.load(tmp_path / "run", progress=False)
     np.testing.assert_allclose(loaded.predict(healthy), est.predict(healthy), atol=1e-6)
+
+
+def test_dark_smooth_reads_the_darkness_off_the_smoothed_slice(healthy):
+    """``dark_smooth`` fits the healthy tail on the healthy slices smoothed inside the brain and
+    weights each map by the darkness of the slice smoothed alike: the same weights as the
+    unsmoothed darkness weight fitted on, and applied to, smoothed slices; 0 is no smoothing."""
+    params = {**TINY, "steps": 3, "volume_center": 0.25, "slice_median": 3, "dark_weight": True}
+    est = FAE(prep=PREP, progress=False, **params).fit(healthy)
+    brain = healthy.masks
+    smooth = est.with_maps(healthy, dark_smooth=2.0)
+    assert smooth.config.dark_smooth == 2.0
+    smoothed = smooth_inside(healthy.images, brain, 2.0)
+    on_smoothed = est.with_maps(replace(healthy, images=smoothed))
+    got = smooth.map_weight(healthy.images, brain)
+    np.testing.assert_allclose(got, on_smoothed.map_weight(smoothed, brain), atol=1e-6)
+    assert not np.allclose(got, est.map_weight(healthy.images, brain)), "the weight changes"
+    assert got[brain].min() >= 0.5 - 1e-6 and got[brain].max() <= 1
+    same = est.with_maps(healthy, dark_smooth=0.0)
+    np.testing.assert_array_equal(same.predict(healthy), est.predict(healthy))
+    with pytest.raises(FaeInputError, match="dark_smooth must be at least 0"):
+        FAE(prep=PREP, **{**params, "dark_smooth": -1.0})
 
 
 def test_slice_median_maps_and_calibrates_per_volume(healthy):

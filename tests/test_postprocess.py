@@ -6,7 +6,7 @@ import pytest
 
 from fae.config import TrainingConfig
 from fae.errors import FaeInputError
-from fae.postprocess import center_volumes, finish_maps, median_across_slices
+from fae.postprocess import center_volumes, finish_maps, median_across_slices, smooth_inside
 
 
 def oracle(maps, masks, size, volume, slice_index):
@@ -114,3 +114,25 @@ def test_the_weight_scales_the_centred_map_before_the_median():
     weighted_first = finish_maps(maps * weight, masks, 0.25, 3, volume, slice_index)
     assert not np.allclose(got, weighted_first), "the order matters"
     assert got[1, 1, 1] == 0 and np.abs(got).max() < 2, "0 outside the brain; the level is gone"
+
+
+def test_smooth_inside_averages_over_the_brain_only():
+    """A Gaussian in-plane over brain pixels only: a constant brain stays constant up to its
+    edge (the background neither counts nor pulls the edge down), slices never mix, 0 outside
+    the brain, and sigma 0 leaves the values as they are."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((2, 32, 32), bool)
+    masks[:, 8:24, 6:26] = True
+    constant = np.where(masks, 0.3, 0.0).astype(np.float32)
+    constant[1][masks[1]] = 0.7
+    out = smooth_inside(constant, masks, 2.0)
+    np.testing.assert_allclose(out[0][masks[0]], 0.3, atol=1e-6)
+    np.testing.assert_allclose(out[1][masks[1]], 0.7, atol=1e-6)
+    assert not out[~masks].any()
+    noisy = np.where(masks, rng.random(masks.shape), 5.0).astype(np.float32)
+    smooth = smooth_inside(noisy, masks, 2.0)
+    assert smooth[masks].std() < noisy[masks].std() / 2, "noise inside the brain is averaged"
+    assert smooth[masks].max() < 1, "the bright background is not let in"
+    single = smooth_inside(noisy[:1], masks[:1], 2.0)
+    np.testing.assert_array_equal(single[0], smooth[0])
+    np.testing.assert_array_equal(smooth_inside(noisy, masks, 0), noisy)

@@ -57,7 +57,7 @@ def test_the_best_presets_map_settings_name_their_rows(protocol):
     assert protocol.best_label(dark) == "fae+dark+center25+median3"
     assert set(protocol._best_changes("flair")) == {"fusion", "volume_center", "slice_median"}
     t1 = protocol._best_changes("t1")
-    assert protocol.best_label(t1) == "fae+dark+center25+median3+top25", "best for T1"
+    assert protocol.best_label(t1) == "fae+dark+smooth6+center25+median5+top25", "best for T1"
 
 
 def test_only_seeds_picks_the_seeds_and_refuses_others(protocol, tmp_path, monkeypatch, capsys):

@@ -39,6 +39,8 @@ DEMO_PARAMS = {
     "checkpoint_every": 100,
     **method_class(PROPOSED).map_settings("best", MODALITY),
     "dark_weight": False,
+    "dark_smooth": 0.0,
+    "slice_median": 3,  # best's 5 slices on T1 came with the smoothed darkness weight
     "slice_score": "top10",  # best's top 25 % was chosen on LGG T1 and not measured here
 }
 

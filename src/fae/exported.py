@@ -28,7 +28,7 @@ from fae.data.preprocess import PrepConfig
 from fae.errors import FaeInputError
 from fae.evaluation import slice_scores
 from fae.io import atomic_path
-from fae.postprocess import finish_maps
+from fae.postprocess import finish_maps, smooth_inside
 
 METADATA = "fae.run"  # the metadata key of the run's record
 FORMAT = 1  # of that record
@@ -160,7 +160,8 @@ class ExportedModel:
         maps = self._batched(images, masks, self.network, batch_size)
         weight = None
         if self.config.get("dark_weight"):  # absent in exports made before it
-            weight = self._batched(images, masks, self.weights, batch_size)
+            smooth = smooth_inside(images, masks, self.config.get("dark_smooth", 0.0))
+            weight = self._batched(smooth, masks, self.weights, batch_size)
         center = self.config.get("volume_center", 0.0)  # absent in exports made before it
         median = self.config["slice_median"]
         return finish_maps(maps, masks, center, median, volume, slice_index, weight)

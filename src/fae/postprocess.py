@@ -6,7 +6,8 @@
   scan. Needs no labels: it is a fixed function of the scan's own map.
 - a per-pixel ``weight`` (FAE's ``dark_weight``): the centred map times a weight that the
   method computes from the slice, so that what stands out within the scan counts more where
-  the tissue has the intensity lesions have.
+  the tissue has the intensity lesions have (read off the slice smoothed inside the brain by
+  :func:`smooth_inside` where FAE's ``dark_smooth`` says so).
 - ``slice_median`` (as in the field's evaluation code): a median over each slice and its
   neighbours in the volume, which removes responses that appear in one slice only while a
   lesion spans several.
@@ -41,6 +42,19 @@ def finish_maps(
     if weight is not None:
         maps = np.where(masks, maps * weight, 0.0).astype(np.float32)
     return median_across_slices(maps, masks, slice_median, volume, slice_index)
+
+
+def smooth_inside(values: np.ndarray, masks: np.ndarray, sigma: float) -> np.ndarray:
+    """(N, S, S) ``values`` smoothed in-plane by a Gaussian of ``sigma`` pixels over the brain
+    only (a normalised convolution: pixels outside ``masks`` neither count nor pull the brain's
+    edge towards them); 0 outside the brain. ``sigma`` 0 returns the values as they are."""
+    values = np.asarray(values, np.float32)
+    if not sigma:
+        return values
+    sigmas = (0, sigma, sigma)  # never across slices
+    total = ndimage.gaussian_filter(np.where(masks, values, 0).astype(np.float32), sigmas)
+    share = ndimage.gaussian_filter(masks.astype(np.float32), sigmas)
+    return np.where(masks, total / np.maximum(share, 1e-6), 0).astype(np.float32)
 
 
 def center_volumes(

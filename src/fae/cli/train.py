@@ -102,6 +102,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         "is: P_healthy(brighter), 0.5 to 1 (not in the paper; for T1, where LGG tumours are mostly "
         "not brighter than their surroundings)",
     )
+    p.add_argument(
+        "--dark-smooth",
+        type=float,
+        metavar="PIXELS",
+        help="with --dark-weight: read the darkness off the slice smoothed inside the brain by a "
+        "Gaussian of this many pixels (not in the paper; 0: off, the default)",
+    )
     p.add_argument("--checkpoint-every", type=int)
     options.add_training_precision(p)
     options.add_split(p)
@@ -216,6 +223,7 @@ def model_params(args: argparse.Namespace, modality: str | None = None) -> dict:
         "checkpoint_every": args.checkpoint_every,
         "fusion": args.fusion,
         "dark_weight": args.dark_weight,
+        "dark_smooth": args.dark_smooth,
         "train_slices": args.train_slices,
         "lesion_margin": args.lesion_margin,
         "precision": args.precision,

@@ -30,6 +30,10 @@ class FAEConfig(TrainingConfig):
     one, at least 0.5 (fitted on the healthy calibration slices): what stands out within the
     scan counts fully where the tissue is darker than healthy tissue (on T1, LGG tumours are
     mostly not brighter than their surroundings), and half where it is brighter.
+    dark_smooth: not in the paper: with ``dark_weight``, the darkness is read off the slice
+    smoothed in-plane inside the brain by a Gaussian of this many pixels (0: off), both when it
+    is fitted on the healthy slices and when it weights a map, so that a dark region counts
+    more than a single dark pixel of the tissue's texture.
     """
 
     backbone: str = "resnet18"
@@ -43,6 +47,7 @@ class FAEConfig(TrainingConfig):
     standardize_features: bool = False
     fusion: str = "none"
     dark_weight: bool = False
+    dark_smooth: float = 0.0
 
     def problems(self) -> dict[str, bool]:
         return {
@@ -50,4 +55,5 @@ class FAEConfig(TrainingConfig):
             "dropout must be in [0, 1)": not 0 <= self.dropout < 1,
             "ssim_window must be odd": self.ssim_window % 2 == 0,
             "fusion must be none or intensity": self.fusion not in ("none", "intensity"),
+            "dark_smooth must be at least 0 (pixels; 0: off)": not self.dark_smooth >= 0,
         }

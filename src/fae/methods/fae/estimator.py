@@ -17,6 +17,7 @@ from fae.methods.base import AnomalyMethod
 from fae.methods.fae import presets
 from fae.methods.fae.config import FAEConfig
 from fae.methods.fae.torch_model import MapsAndWeights, StructuralFAE
+from fae.postprocess import smooth_inside
 from fae.runtime import BATCH_SIZE
 
 
@@ -53,7 +54,14 @@ class FAE(AnomalyMethod):
         )
 
     # settings that change only the map of a trained model or its slice score (see with_maps)
-    MAP_SETTINGS = ("fusion", "dark_weight", "volume_center", "slice_median", "slice_score")
+    MAP_SETTINGS = (
+        "fusion",
+        "dark_weight",
+        "dark_smooth",
+        "volume_center",
+        "slice_median",
+        "slice_score",
+    )
 
     @classmethod
     def map_settings(cls, preset: str, modality: str | None = None) -> dict:
@@ -64,11 +72,11 @@ class FAE(AnomalyMethod):
 
     def with_maps(self, healthy: SliceSet, **changes) -> FAE:
         """This trained model with other map settings (``fusion``, ``dark_weight``,
-        ``volume_center``, ``slice_median``, ``slice_score``), refitted and calibrated on the
-        lesion-free slices of ``healthy`` (whole scans where possible: see :meth:`calibrate`);
-        a new estimator, this one is unchanged. The autoencoder is the same: these settings
-        change only the map or the slice score, so they can be tried on a run trained without
-        them."""
+        ``dark_smooth``, ``volume_center``, ``slice_median``, ``slice_score``), refitted and
+        calibrated on the lesion-free slices of ``healthy`` (whole scans where possible: see
+        :meth:`calibrate`); a new estimator, this one is unchanged. The autoencoder is the
+        same: these settings change only the map or the slice score, so they can be tried on a
+        run trained without them."""
         self._check_fitted()
         unknown = set(changes) - set(self.MAP_SETTINGS)
         if unknown:
@@ -85,11 +93,12 @@ class FAE(AnomalyMethod):
 
     def fit_healthy(self, images: np.ndarray, masks: np.ndarray) -> None:
         """With ``fusion``: the healthy distributions of the structural map and of the
-        intensity; with ``dark_weight``: that of the negated intensity (its lower tail); from
-        healthy brain pixels."""
+        intensity; with ``dark_weight``: that of the negated intensity (its lower tail, of the
+        slices smoothed by ``dark_smooth``); from healthy brain pixels."""
         intensity = torch.from_numpy(np.asarray(images, np.float32)[masks])
         if self.config.dark_weight:
-            self.model_.darkness_tail.fit(-intensity)
+            smooth = smooth_inside(images, masks, self.config.dark_smooth)
+            self.model_.darkness_tail.fit(-torch.from_numpy(smooth[masks]))
         if self.config.fusion == "none":
             return
         structure = self.maps(images, masks, self.model_.structure)
@@ -108,7 +117,8 @@ class FAE(AnomalyMethod):
         self, images: np.ndarray, masks: np.ndarray, batch_size: int = BATCH_SIZE
     ) -> np.ndarray | None:
         """With ``dark_weight``: (N, S, S) weights of the centred maps (:meth:`StructuralFAE.
-        darkness`), else None."""
+        darkness` of the slices smoothed by ``dark_smooth``), else None."""
         if not self.config.dark_weight:
             return None
-        return self.maps(images, masks, self.model_.darkness, batch_size)
+        smooth = smooth_inside(images, masks, self.config.dark_smooth)
+        return self.maps(smooth, masks, self.model_.darkness, batch_size)
