@@ -5,11 +5,14 @@ The file holds the run's whole slice → map network in fp32 with a dynamic batc
 prepared slices in [0, 1] → (N, 1, S, S) maps (for FAE: the frozen extractor, the feature
 standardisation, the autoencoder, 1 − SSIM per feature channel, its channel mean, the
 upsampling to the slice, and with fusion the healthy surprisals; with ``dark_weight`` a second
-output, ``weights``, the weight of each centred map value). What a map needs around the
-network rides in the model's metadata under ``fae.run``: the run's record (method, config,
-preprocessing, meta), its calibrated thresholds and trained steps. :class:`ExportedModel` reads
-it back and does around onnxruntime what the run does around PyTorch: the same preparation of
-each scan, the maps masked to the brain, the median across slices, slice scores and thresholds.
+output, ``weights``, the weight of each centred map value, computed from the slices as given:
+with ``dark_smooth`` they must be smoothed first, as :meth:`ExportedModel.predict` does with
+:func:`fae.postprocess.smooth_inside`, which needs the brain mask the graph has not). What a
+map needs around the network rides in the model's metadata under ``fae.run``: the run's record
+(method, config, preprocessing, meta), its calibrated thresholds and trained steps.
+:class:`ExportedModel` reads it back and does around onnxruntime what the run does around
+PyTorch: the same preparation of each scan, the maps masked to the brain, the median across
+slices, slice scores and thresholds.
 So ``fae predict --onnx`` writes what ``fae predict --run --precision fp32`` writes, and this
 module, like the whole prediction path, imports no torch unless it exports.
 """
