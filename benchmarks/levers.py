@@ -26,8 +26,10 @@ then scores the same levers on the report patients, to report what was chosen:
   healthy validation slices), without and with the median;
 - ``center25-<weight>-median<n>``: the last with one change or two, to the weight
   (``dark2``, ``dark4``: squared, to the 4th power; ``darkonly``: rescaled to 0..1;
-  ``darksmooth[2]``: from the slice smoothed in-plane inside the brain by a Gaussian of 1 [2]
-  pixels; ``darkblur[2]``: itself smoothed so) and to the median (over 3, 5 or 7 slices);
+  ``darksmooth[2|3]``: from the slice smoothed in-plane inside the brain by a Gaussian of 1
+  [2, 3] pixels, the healthy tail unsmoothed; ``darkblur[2]``: itself smoothed so;
+  ``dark-smooth<n>``: FAE's ``dark_smooth`` of n pixels, the healthy tail fitted on healthy
+  slices smoothed alike) and to the median (over 3, 5 or 7 slices);
 - ``erode2``: the map set to 0 on the outer 2 pixels of the brain mask (where skull-stripping
   errors sit), metrics still over the whole mask;
 - ``components``: at the run's 5 %-FPR healthy threshold, connected regions (3D) smaller than 20
